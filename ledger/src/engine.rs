@@ -1,0 +1,740 @@
+//! The `Ledger`: opening and checking the store, the append path up to the writer queue, reads,
+//! live batches for subscriptions, and shutdown.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rocksdb::{Direction as IterDirection, IteratorMode, DB};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::codec::{EventHeader, PrecommitHeader, RecordRef};
+use crate::error::LedgerError;
+use crate::keys::{generate_dek, CustomerKey, KeyCache, Keyring, SigningKey};
+use crate::limits::{EngineTuning, Limits};
+use crate::merkle::{frontier_coordinates, leaf_hash, sha256, Frontier, Hash};
+use crate::store::{self, CustomerRecord, CustomerState, TreeState};
+use crate::types::*;
+use crate::writer::{AppendCommand, AppendOutcome, CommittedBatch, NewCustomer, Rejection, SealedEvent, Shared, Writer, WriterMsg};
+
+/// How much the startup check verifies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartupCheck {
+    /// The persisted root against the Merkle frontier, the last position against the tree size,
+    /// and the newest `quick_check_events` events re-hashed. Constant time in the log's size.
+    Quick,
+    /// Every event re-hashed, positions checked contiguous, and the root rebuilt from the leaves.
+    Full,
+}
+
+/// Everything needed to open a ledger.
+#[derive(Clone, Debug)]
+pub struct LedgerConfig {
+    /// Holds `db/` (RocksDB), and by default the keyring and signing key.
+    pub data_dir: PathBuf,
+    /// The KEK keyring file; defaults to `<data_dir>/keyring.json`.
+    pub keyring_path: Option<PathBuf>,
+    /// The Ed25519 signing key file; defaults to `<data_dir>/signing.key`.
+    pub signing_key_path: Option<PathBuf>,
+    /// Regions this node may hold data for.
+    pub regions: Vec<Region>,
+    /// Request limits.
+    pub limits: Limits,
+    /// Queue, batch and cache bounds.
+    pub tuning: EngineTuning,
+    /// What to verify on open.
+    pub startup_check: StartupCheck,
+}
+
+impl LedgerConfig {
+    /// A configuration with defaults for everything but the data directory and regions.
+    pub fn new(data_dir: impl Into<PathBuf>, regions: Vec<Region>) -> Self {
+        LedgerConfig {
+            data_dir: data_dir.into(),
+            keyring_path: None,
+            signing_key_path: None,
+            regions,
+            limits: Limits::default(),
+            tuning: EngineTuning::default(),
+            startup_check: StartupCheck::Quick,
+        }
+    }
+    /// Where the RocksDB files live.
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("db")
+    }
+    /// Where the keyring lives.
+    pub fn keyring_path(&self) -> PathBuf {
+        self.keyring_path.clone().unwrap_or_else(|| self.data_dir.join("keyring.json"))
+    }
+    /// Where the signing key lives.
+    pub fn signing_key_path(&self) -> PathBuf {
+        self.signing_key_path.clone().unwrap_or_else(|| self.data_dir.join("signing.key"))
+    }
+}
+
+/// What opening the ledger found and did.
+#[derive(Clone, Debug)]
+pub struct OpenReport {
+    /// The keyring file was created or gained a region.
+    pub keyring_written: bool,
+    /// The signing key was created.
+    pub signing_key_created: bool,
+    /// The committed tree.
+    pub tree_size: u64,
+    /// Events whose leaves were re-hashed by the startup check.
+    pub events_checked: u64,
+}
+
+/// One event to append, as parsed at the API edge.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    /// Unique id; the idempotency key.
+    pub event_id: EventId,
+    /// The event type.
+    pub event_type: EventType,
+    /// The channel.
+    pub channel: Channel,
+    /// The direction.
+    pub direction: Direction,
+    /// When it happened at its source; defaults to now.
+    pub occurred_at: Option<UnixMillis>,
+    /// Opaque metadata.
+    pub metadata: Metadata,
+    /// The plaintext body.
+    pub payload: Vec<u8>,
+    /// The payload's schema version; 0 becomes 1.
+    pub schema_version: u32,
+}
+
+/// An append of one or more events to one stream.
+#[derive(Clone, Debug)]
+pub struct AppendInput {
+    /// The customer.
+    pub customer: CustomerId,
+    /// Required for a new customer; checked for an existing one.
+    pub region: Option<Region>,
+    /// The stream.
+    pub stream: StreamName,
+    /// Optimistic concurrency check.
+    pub expected: ExpectedVersion,
+    /// The events, in order.
+    pub events: Vec<NewEvent>,
+}
+
+/// A recorded event's body as a reader gets it.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Payload {
+    /// Decrypted.
+    Available(Vec<u8>),
+    /// The customer's key is destroyed.
+    Erased,
+    /// The customer's region is not served here.
+    RegionNotServed,
+}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Payload::Available(p) => write!(f, "Available(<{} bytes>)", p.len()),
+            Payload::Erased => f.write_str("Erased"),
+            Payload::RegionNotServed => f.write_str("RegionNotServed"),
+        }
+    }
+}
+
+/// An event as read back.
+#[derive(Clone, Debug)]
+pub struct RecordedEvent {
+    /// The committed header.
+    pub header: EventHeader,
+    /// The body.
+    pub payload: Payload,
+    /// The Merkle leaf hash, verified against the header and ciphertext.
+    pub leaf: Hash,
+}
+
+/// Narrows reads and subscriptions. Empty fields match everything.
+#[derive(Clone, Debug, Default)]
+pub struct EventFilter {
+    /// Only this customer.
+    pub customer: Option<CustomerId>,
+    /// Only these types.
+    pub event_types: Vec<String>,
+    /// Only these channels.
+    pub channels: Vec<Channel>,
+}
+
+impl EventFilter {
+    fn matches(&self, h: &EventHeader) -> bool {
+        self.customer.is_none_or(|c| c == h.customer)
+            && (self.event_types.is_empty() || self.event_types.iter().any(|t| *t == h.event_type))
+            && (self.channels.is_empty() || self.channels.contains(&h.channel))
+    }
+}
+
+enum KeyLookup {
+    Key(Arc<CustomerKey>),
+    Erased,
+    RegionNotServed,
+    Unknown,
+}
+
+struct Inner {
+    db: Arc<DB>,
+    config: LedgerConfig,
+    served: HashSet<Region>,
+    keyring: Keyring,
+    signing: SigningKey,
+    keys: KeyCache,
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<WriterMsg>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    closing: AtomicBool,
+}
+
+/// A handle to an open ledger. Cheap to clone; all clones share one store and one writer.
+#[derive(Clone)]
+pub struct Ledger {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger").field("data_dir", &self.inner.config.data_dir).finish_non_exhaustive()
+    }
+}
+
+impl Ledger {
+    /// Opens the ledger: creates the data directory, keyring and signing key on first start,
+    /// opens RocksDB, runs the startup check and starts the writer. A store that fails the check
+    /// is refused with an error that says what is wrong.
+    pub fn open(config: LedgerConfig) -> Result<(Ledger, OpenReport), LedgerError> {
+        if config.regions.is_empty() {
+            return Err(LedgerError::invalid("regions", "at least one region must be served"));
+        }
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| LedgerError::Io { path: config.data_dir.display().to_string(), source: e })?;
+        let (keyring, keyring_written) = Keyring::open_or_create(&config.keyring_path(), &config.regions)?;
+        let (signing, signing_key_created) = SigningKey::open_or_create(&config.signing_key_path())?;
+        let db = store::open(&config.db_path())?;
+        let meta = db.cf_handle(store::CF_META).expect("meta cf");
+        match db.get_cf(&meta, store::META_FORMAT)? {
+            None => db.put_cf(&meta, store::META_FORMAT, store::STORE_FORMAT.to_be_bytes())?,
+            Some(v) if v.as_slice() == store::STORE_FORMAT.to_be_bytes() => {}
+            Some(_) => return Err(LedgerError::Corrupt("store format is not supported by this version".into())),
+        }
+        let tree = match db.get_cf(&meta, store::META_TREE)? {
+            Some(bytes) => TreeState::decode(&bytes)?,
+            None => TreeState { size: 0, root: crate::merkle::empty_root() },
+        };
+        let (frontier, events_checked) = check_store(&db, &tree, config.startup_check, config.tuning.quick_check_events)?;
+        let (batches, _) = broadcast::channel(config.tuning.subscription_buffer_batches.max(1));
+        let shared = Arc::new(Shared {
+            poisoned: AtomicBool::new(false),
+            committed_size: AtomicU64::new(tree.size),
+            tree: RwLock::new(tree.clone()),
+            batches,
+            inject_write_fault: AtomicBool::new(false),
+        });
+        let (tx, rx) = mpsc::channel(config.tuning.write_queue_appends_max.max(1));
+        let writer = Writer::new(db.clone(), shared.clone(), frontier, config.tuning.clone());
+        let handle = std::thread::Builder::new()
+            .name("ledger-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| LedgerError::Io { path: "writer thread".into(), source: e })?;
+        metrics::gauge!("ledger_tree_size").set(tree.size as f64);
+        metrics::gauge!("ledger_store_poisoned").set(0.0);
+        let keys = KeyCache::new(config.tuning.key_cache_entries_max, Duration::from_secs(config.tuning.key_cache_ttl_secs));
+        let served = config.regions.iter().cloned().collect();
+        let ledger = Ledger {
+            inner: Arc::new(Inner {
+                db,
+                served,
+                keyring,
+                signing,
+                keys,
+                shared,
+                tx,
+                writer: Mutex::new(Some(handle)),
+                closing: AtomicBool::new(false),
+                config,
+            }),
+        };
+        Ok((ledger, OpenReport { keyring_written, signing_key_created, tree_size: tree.size, events_checked }))
+    }
+
+    /// The configuration the ledger was opened with.
+    pub fn config(&self) -> &LedgerConfig {
+        &self.inner.config
+    }
+
+    /// The ledger's public signing key.
+    pub fn public_key(&self) -> ed25519_dalek::VerifyingKey {
+        self.inner.signing.verifying_key()
+    }
+
+    /// Number of committed events.
+    pub fn committed_size(&self) -> u64 {
+        self.inner.shared.committed_size.load(Ordering::Acquire)
+    }
+
+    /// The committed tree size and root.
+    pub fn tree(&self) -> TreeState {
+        self.inner.shared.tree.read().expect("tree lock").clone()
+    }
+
+    /// Whether the ledger accepts writes: open, not shutting down, not poisoned.
+    pub fn is_ready(&self) -> bool {
+        !self.inner.shared.poisoned.load(Ordering::Acquire) && !self.inner.closing.load(Ordering::Acquire)
+    }
+
+    /// Whether a failed write has poisoned the store.
+    pub fn is_poisoned(&self) -> bool {
+        self.inner.shared.poisoned.load(Ordering::Acquire)
+    }
+
+    /// Makes the next batch write fail as if the disk had, to test the poisoning path.
+    #[doc(hidden)]
+    pub fn inject_write_fault(&self) {
+        self.inner.shared.inject_write_fault.store(true, Ordering::Release);
+    }
+
+    /// Live committed batches, for subscriptions.
+    pub fn subscribe_batches(&self) -> broadcast::Receiver<Arc<CommittedBatch>> {
+        self.inner.shared.batches.subscribe()
+    }
+
+    /// Bytes of SST and WAL files, for the metrics endpoint.
+    pub fn store_size_bytes(&self) -> u64 {
+        let mut total = 0;
+        for name in store::ALL_CFS {
+            if let Some(cf) = self.inner.db.cf_handle(name) {
+                total += self.inner.db.property_int_value_cf(&cf, "rocksdb.total-sst-files-size").ok().flatten().unwrap_or(0);
+            }
+        }
+        let wal: u64 = std::fs::read_dir(self.inner.config.db_path())
+            .map(|dir| {
+                dir.filter_map(Result::ok)
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        total + wal
+    }
+
+    /// Appends events to one stream atomically. Returns only after the batch holding them is
+    /// synced; an error means nothing of this append was acknowledged.
+    pub async fn append(&self, input: AppendInput) -> Result<AppendOutcome, LedgerError> {
+        let limits = &self.inner.config.limits;
+        validate_append(&input, limits)?;
+        if !self.is_ready() {
+            return Err(if self.is_poisoned() { LedgerError::Poisoned } else { LedgerError::ShuttingDown });
+        }
+        // At most two rounds: the second runs only if another append created the customer first.
+        for _ in 0..2 {
+            let (key, new_customer) = self.resolve_key_for_append(input.customer, input.region.as_ref())?;
+            let events = self.seal_events(&input, &key)?;
+            let (reply, answer) = oneshot::channel();
+            let cmd = AppendCommand {
+                customer: input.customer,
+                new_customer,
+                stream: input.stream.clone(),
+                expected: input.expected,
+                events,
+                reply,
+            };
+            self.inner.tx.send(WriterMsg::Append(cmd)).await.map_err(|_| LedgerError::ShuttingDown)?;
+            match answer.await {
+                Ok(Ok(outcome)) => {
+                    if !outcome.idempotent_replay {
+                        self.inner.keys.insert(input.customer, key);
+                    }
+                    metrics::counter!("ledger_appends_total", "outcome" => "ok").increment(1);
+                    return Ok(outcome);
+                }
+                Ok(Err(Rejection::CustomerCreatedConcurrently)) => continue,
+                Ok(Err(Rejection::Error(e))) => {
+                    metrics::counter!("ledger_appends_total", "outcome" => e.code().as_str()).increment(1);
+                    return Err(e);
+                }
+                // The writer stopped before answering: not acknowledged.
+                Err(_) => return Err(LedgerError::ShuttingDown),
+            }
+        }
+        Err(LedgerError::Integrity("customer creation raced twice".into()))
+    }
+
+    fn check_served(&self, region: &Region) -> Result<(), LedgerError> {
+        if self.inner.served.contains(region) {
+            Ok(())
+        } else {
+            let mut served: Vec<&str> = self.inner.served.iter().map(Region::as_str).collect();
+            served.sort_unstable();
+            Err(LedgerError::RegionNotServed { region: region.to_string(), served: served.join(",") })
+        }
+    }
+
+    fn load_customer(&self, customer: CustomerId) -> Result<Option<CustomerRecord>, LedgerError> {
+        let cf = self.inner.db.cf_handle(store::CF_CUSTOMERS).expect("customers cf");
+        match self.inner.db.get_pinned_cf(&cf, customer.as_bytes())? {
+            Some(bytes) => Ok(Some(CustomerRecord::decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The customer's key for reading, from the cache or unwrapped from the store.
+    fn key_for_read(&self, customer: CustomerId) -> Result<KeyLookup, LedgerError> {
+        if let Some(k) = self.inner.keys.get(&customer) {
+            return Ok(if self.inner.served.contains(&k.region) { KeyLookup::Key(k) } else { KeyLookup::RegionNotServed });
+        }
+        let Some(rec) = self.load_customer(customer)? else { return Ok(KeyLookup::Unknown) };
+        if !self.inner.served.contains(&rec.region) {
+            return Ok(KeyLookup::RegionNotServed);
+        }
+        if rec.state == CustomerState::Erased {
+            return Ok(KeyLookup::Erased);
+        }
+        let cf = self.inner.db.cf_handle(store::CF_KEYS).expect("keys cf");
+        let Some(bytes) = self.inner.db.get_pinned_cf(&cf, customer.as_bytes())? else {
+            // No wrapped key: the key was shredded.
+            return Ok(KeyLookup::Erased);
+        };
+        let (kek_version, wrapped) = store::decode_key_record(&bytes)?;
+        let dek = self.inner.keyring.unwrap(&rec.region, customer, kek_version, wrapped)?;
+        let key = Arc::new(CustomerKey::new(rec.region, rec.key_version, &dek));
+        self.inner.keys.insert(customer, key.clone());
+        Ok(KeyLookup::Key(key))
+    }
+
+    fn resolve_key_for_append(
+        &self,
+        customer: CustomerId,
+        region: Option<&Region>,
+    ) -> Result<(Arc<CustomerKey>, Option<NewCustomer>), LedgerError> {
+        let existing = match self.inner.keys.get(&customer) {
+            Some(k) => Some((k.region.clone(), Some(k))),
+            None => self.load_customer(customer)?.map(|rec| (rec.region, None)),
+        };
+        match existing {
+            Some((actual, cached)) => {
+                if let Some(given) = region {
+                    if *given != actual {
+                        return Err(LedgerError::RegionMismatch { actual: actual.to_string() });
+                    }
+                }
+                self.check_served(&actual)?;
+                if let Some(k) = cached {
+                    return Ok((k, None));
+                }
+                match self.key_for_read(customer)? {
+                    KeyLookup::Key(k) => Ok((k, None)),
+                    KeyLookup::Erased => Err(LedgerError::CustomerErased { customer: customer.to_string() }),
+                    // Both were ruled out above from the same row; only a concurrent change gets here.
+                    KeyLookup::RegionNotServed | KeyLookup::Unknown => Err(LedgerError::NotFound { what: "customer" }),
+                }
+            }
+            None => {
+                let region = region.ok_or_else(|| LedgerError::invalid("region", "is required for a new customer"))?;
+                self.check_served(region)?;
+                let dek = generate_dek();
+                let (kek_version, wrapped_dek) = self.inner.keyring.wrap(region, customer, &dek)?;
+                let record = CustomerRecord {
+                    region: region.clone(),
+                    state: CustomerState::Active,
+                    key_version: 1,
+                    created_unix_ms: UnixMillis::now().0,
+                };
+                let key = Arc::new(CustomerKey::new(region.clone(), 1, &dek));
+                Ok((key, Some(NewCustomer { record, kek_version, wrapped_dek })))
+            }
+        }
+    }
+
+    fn seal_events(&self, input: &AppendInput, key: &CustomerKey) -> Result<Vec<SealedEvent>, LedgerError> {
+        let recorded_at = UnixMillis::now();
+        let mut out = Vec::with_capacity(input.events.len());
+        let mut content = Vec::new();
+        for ev in &input.events {
+            let schema_version = ev.schema_version.max(1);
+            let header = |occurred_at, recorded_at, key_version| PrecommitHeader {
+                customer: input.customer,
+                event_id: ev.event_id,
+                stream: input.stream.as_str(),
+                event_type: ev.event_type.as_str(),
+                channel: ev.channel,
+                direction: ev.direction,
+                occurred_at,
+                recorded_at,
+                key_version,
+                schema_version,
+                metadata: &ev.metadata,
+            };
+            // The idempotency MAC covers what the caller supplied (not the server's clock), so a
+            // retry of the same request matches.
+            content.clear();
+            header(ev.occurred_at.unwrap_or(UnixMillis(0)), UnixMillis(0), 0).encode_into(&mut content);
+            content.extend_from_slice(&ev.payload);
+            let content_mac = key.content_mac(&content);
+            let mut header_bytes = Vec::with_capacity(content.len() - ev.payload.len() + crate::codec::COMMIT_SUFFIX_BYTES);
+            header(ev.occurred_at.unwrap_or(recorded_at), recorded_at, key.key_version).encode_into(&mut header_bytes);
+            let header = header_bytes;
+            let sealed = key.seal(&header, &ev.payload)?;
+            let sealed_hash = sha256(&sealed);
+            out.push(SealedEvent { event_id: ev.event_id, content_mac, header, sealed, sealed_hash });
+        }
+        Ok(out)
+    }
+
+    /// Decodes and verifies one stored record at `position`; decrypts it if the filter matches.
+    fn decode_record(&self, position: Position, bytes: &[u8], filter: Option<&EventFilter>) -> Result<Option<RecordedEvent>, LedgerError> {
+        let rec = RecordRef::decode(bytes).map_err(|e| integrity(position, &e.to_string()))?;
+        let header = EventHeader::decode(rec.header).map_err(|e| integrity(position, &e.to_string()))?;
+        if filter.is_some_and(|f| !f.matches(&header)) {
+            return Ok(None);
+        }
+        if header.position != position {
+            return Err(integrity(position, "header position does not match its key"));
+        }
+        if leaf_hash(rec.header, &sha256(rec.sealed)) != rec.leaf {
+            return Err(integrity(position, "leaf hash does not match header and ciphertext"));
+        }
+        let payload = match self.key_for_read(header.customer)? {
+            KeyLookup::Key(k) => Payload::Available(
+                k.open(rec.aad(), rec.sealed).map_err(|_| integrity(position, "payload failed authentication"))?,
+            ),
+            KeyLookup::Erased => Payload::Erased,
+            KeyLookup::RegionNotServed => Payload::RegionNotServed,
+            KeyLookup::Unknown => return Err(integrity(position, "event of an unknown customer")),
+        };
+        Ok(Some(RecordedEvent { header, payload, leaf: rec.leaf }))
+    }
+
+    /// Reads one page of a stream. Blocking: call from a blocking context.
+    pub fn read_stream(
+        &self,
+        customer: CustomerId,
+        stream: &StreamName,
+        from: Option<StreamVersion>,
+        backward: bool,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>, LedgerError> {
+        let limits = &self.inner.config.limits;
+        let count = if max_count == 0 { limits.page_size_default } else { max_count };
+        if count > limits.page_size_max {
+            return Err(LedgerError::limit("max_count", &format!("page_size_max {}", limits.page_size_max)));
+        }
+        if let Some(rec) = self.load_customer(customer)? {
+            self.check_served(&rec.region)?;
+        }
+        let prefix = store::stream_prefix(customer, stream);
+        let cf = self.inner.db.cf_handle(store::CF_STREAMS).expect("streams cf");
+        let start = match (from, backward) {
+            (Some(v), _) => store::stream_key(&prefix, v),
+            (None, false) => store::stream_key(&prefix, StreamVersion(0)),
+            (None, true) => store::stream_key(&prefix, StreamVersion(u64::MAX)),
+        };
+        let mode = IteratorMode::From(&start, if backward { IterDirection::Reverse } else { IterDirection::Forward });
+        let mut positions = Vec::with_capacity(count.min(1024));
+        for item in self.inner.db.iterator_cf(&cf, mode) {
+            let (key, value) = item?;
+            if key.len() != prefix.len() + 8 || !key.starts_with(&prefix) || positions.len() >= count {
+                break;
+            }
+            positions.push(Position(store::be_u64(&value)?));
+        }
+        let events_cf = self.inner.db.cf_handle(store::CF_EVENTS).expect("events cf");
+        let keys: Vec<_> = positions.iter().map(|p| (&events_cf, store::event_key(*p))).collect();
+        let values = self.inner.db.multi_get_cf(keys);
+        let mut out = Vec::with_capacity(positions.len());
+        for (position, value) in positions.into_iter().zip(values) {
+            let bytes = value?.ok_or_else(|| integrity(position, "stream index points at a missing event"))?;
+            let ev = self.decode_record(position, &bytes, None)?.expect("no filter");
+            if ev.header.customer != customer || ev.header.stream != stream.as_str() {
+                return Err(integrity(position, "stream index points at another stream's event"));
+            }
+            out.push(ev);
+        }
+        Ok(out)
+    }
+
+    /// Reads events in global order from `from`, examining at most `examine_max` positions and
+    /// stopping before `end`. Returns the matching events and the position to continue from.
+    /// Blocking: call from a blocking context.
+    pub fn read_range(
+        &self,
+        from: Position,
+        end: Position,
+        examine_max: usize,
+        filter: &EventFilter,
+    ) -> Result<(Vec<RecordedEvent>, Position), LedgerError> {
+        let cf = self.inner.db.cf_handle(store::CF_EVENTS).expect("events cf");
+        let mut iter = self.inner.db.raw_iterator_cf(&cf);
+        iter.seek(store::event_key(from));
+        let mut next = from;
+        let mut out = Vec::new();
+        let stop = end.0.min(from.0.saturating_add(examine_max as u64));
+        while next.0 < stop {
+            if !iter.valid() {
+                iter.status()?;
+                return Err(integrity(next, "event is missing"));
+            }
+            let key = store::be_u64(iter.key().expect("valid iterator has a key"))?;
+            if key != next.0 {
+                return Err(integrity(next, "event is missing"));
+            }
+            if let Some(ev) = self.decode_record(next, iter.value().expect("valid iterator has a value"), Some(filter))? {
+                out.push(ev);
+            }
+            next = Position(next.0 + 1);
+            iter.next();
+        }
+        Ok((out, next))
+    }
+
+    /// Decodes the events of a live batch from `from` on that match `filter`.
+    pub fn decode_batch(&self, batch: &CommittedBatch, from: Position, filter: &EventFilter) -> Result<Vec<RecordedEvent>, LedgerError> {
+        let mut out = Vec::new();
+        for (i, record) in batch.records.iter().enumerate() {
+            let position = Position(batch.first_position.0 + i as u64);
+            if position < from {
+                continue;
+            }
+            if let Some(ev) = self.decode_record(position, record, Some(filter))? {
+                out.push(ev);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stops the writer after it has committed everything queued, and waits for it. Appends that
+    /// arrive afterwards get `ShuttingDown`.
+    pub async fn shutdown(&self) {
+        self.inner.closing.store(true, Ordering::Release);
+        let _ = self.inner.tx.send(WriterMsg::Shutdown).await;
+        let handle = self.inner.writer.lock().expect("writer lock").take();
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+        let _ = self.inner.db.flush_wal(true);
+    }
+}
+
+impl Drop for Inner {
+    /// Without an explicit `shutdown`, still let the writer commit what is queued and release the
+    /// database before the handle is gone, so the directory can be reopened at once.
+    fn drop(&mut self) {
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.tx, closed));
+        if let Some(handle) = self.writer.lock().map(|mut w| w.take()).unwrap_or(None) {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn integrity(position: Position, what: &str) -> LedgerError {
+    tracing::error!(position = position.0, problem = what, "integrity check failed");
+    LedgerError::Integrity(format!("event at position {}: {what}", position.0))
+}
+
+fn validate_append(input: &AppendInput, limits: &Limits) -> Result<(), LedgerError> {
+    if input.events.is_empty() {
+        return Err(LedgerError::invalid("events", "must contain at least one event"));
+    }
+    if input.events.len() > limits.events_per_append_max {
+        return Err(LedgerError::limit("events", &format!("events_per_append_max {}", limits.events_per_append_max)));
+    }
+    let mut ids = HashSet::with_capacity(input.events.len());
+    for ev in &input.events {
+        if ev.payload.is_empty() {
+            return Err(LedgerError::invalid("events.payload", "must not be empty"));
+        }
+        if ev.payload.len() > limits.payload_bytes_max {
+            return Err(LedgerError::limit("events.payload", &format!("payload_bytes_max {}", limits.payload_bytes_max)));
+        }
+        check_metadata(&ev.metadata, "events.metadata", limits)?;
+        if !ids.insert(ev.event_id) {
+            return Err(LedgerError::invalid("events.event_id", "must be unique within an append"));
+        }
+    }
+    Ok(())
+}
+
+/// Verifies the store against its persisted tree state and returns the writer's frontier.
+fn check_store(db: &DB, tree: &TreeState, mode: StartupCheck, quick_events: u64) -> Result<(Frontier, u64), LedgerError> {
+    let refuse = |what: String| LedgerError::Integrity(format!("startup check failed: {what}"));
+    let merkle_cf = db.cf_handle(store::CF_MERKLE).expect("merkle cf");
+    let events_cf = db.cf_handle(store::CF_EVENTS).expect("events cf");
+    // 1. The frontier, from the persisted complete subtrees, must give the persisted root.
+    let mut nodes = Vec::new();
+    for (level, index) in frontier_coordinates(tree.size) {
+        let node = db
+            .get_cf(&merkle_cf, store::merkle_key(level, index))?
+            .ok_or_else(|| refuse(format!("merkle node (level {level}, index {index}) is missing")))?;
+        nodes.push(<Hash>::try_from(node.as_slice()).map_err(|_| refuse("merkle node is not 32 bytes".into()))?);
+    }
+    let frontier = Frontier::from_nodes(tree.size, nodes);
+    if frontier.root() != tree.root {
+        return Err(refuse("the persisted root does not match the merkle tree".into()));
+    }
+    // 2. The last event must sit at tree size - 1, and nothing beyond it.
+    let mut iter = db.raw_iterator_cf(&events_cf);
+    iter.seek_to_last();
+    let last = if iter.valid() { Some(store::be_u64(iter.key().expect("key"))?) } else { None };
+    iter.status()?;
+    if last != tree.size.checked_sub(1) {
+        return Err(refuse(format!(
+            "the log holds events up to position {} but the tree has {} events",
+            last.map_or_else(|| "none".into(), |p| p.to_string()),
+            tree.size
+        )));
+    }
+    // 3. Re-hash events: all of them (full), or the newest ones (quick).
+    let from = match mode {
+        StartupCheck::Full => 0,
+        StartupCheck::Quick => tree.size.saturating_sub(quick_events),
+    };
+    let mut rebuilt = Frontier::default();
+    iter.seek(store::event_key(Position(from)));
+    let mut leaves = db.raw_iterator_cf(&merkle_cf);
+    leaves.seek(store::merkle_key(0, from));
+    let mut expected = from;
+    while iter.valid() {
+        let position = store::be_u64(iter.key().expect("key"))?;
+        if position != expected {
+            return Err(refuse(format!("position {expected} is missing")));
+        }
+        let rec = RecordRef::decode(iter.value().expect("value")).map_err(|e| refuse(format!("position {position}: {e}")))?;
+        let header = EventHeader::decode(rec.header).map_err(|e| refuse(format!("position {position}: {e}")))?;
+        if header.position.0 != position {
+            return Err(refuse(format!("position {position}: header names position {}", header.position.0)));
+        }
+        let leaf = leaf_hash(rec.header, &sha256(rec.sealed));
+        if leaf != rec.leaf {
+            return Err(refuse(format!("position {position}: leaf hash does not match header and ciphertext")));
+        }
+        let stored_leaf = (leaves.valid() && leaves.key() == Some(&store::merkle_key(0, position)[..]))
+            .then(|| leaves.value().map(|v| v.to_vec()))
+            .flatten();
+        if stored_leaf.as_deref() != Some(&leaf[..]) {
+            return Err(refuse(format!("position {position}: leaf does not match the merkle tree")));
+        }
+        if mode == StartupCheck::Full {
+            rebuilt.push(leaf, |_, _, _| {});
+        }
+        expected += 1;
+        iter.next();
+        leaves.next();
+    }
+    iter.status()?;
+    if mode == StartupCheck::Full && (rebuilt.size() != tree.size || rebuilt.root() != tree.root) {
+        return Err(refuse("the root rebuilt from every event does not match the persisted root".into()));
+    }
+    Ok((frontier, expected - from))
+}

@@ -1,0 +1,19 @@
+//! The ledger engine: an encrypted, tamper-evident, append-only event log on RocksDB.
+//!
+//! Architecture invariant: this crate never sees prost or tonic types; the gRPC edge converts.
+//! See `ARCHITECTURE.md` at the repository root for the write path and the recovery rule.
+
+pub mod codec;
+mod engine;
+pub mod error;
+pub mod keys;
+pub mod limits;
+pub mod merkle;
+pub mod store;
+pub mod types;
+mod writer;
+
+pub use engine::{AppendInput, EventFilter, Ledger, LedgerConfig, NewEvent, OpenReport, Payload, RecordedEvent, StartupCheck};
+pub use error::{ErrorCode, LedgerError};
+pub use limits::{EngineTuning, Limits};
+pub use writer::{AppendOutcome, CommittedBatch};

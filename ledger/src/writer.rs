@@ -1,0 +1,395 @@
+//! The single writer thread: group commit.
+//!
+//! Appends arrive already validated and encrypted (encryption stays off this thread). The writer
+//! takes a batch (up to `batch_events_max` events, optionally waiting `batch_wait_us` for more),
+//! and for each append in order: creates the customer if this append brought a new key, checks
+//! idempotency and the expected version against the store plus everything earlier in the batch,
+//! assigns positions and stream versions, computes leaf hashes and extends the Merkle frontier.
+//! Everything, including the new tree state, goes into one `WriteBatch` written with `sync = true`
+//! (one WAL fsync per batch). Only after that returns does any append in the batch get its answer.
+//! A failed write or sync poisons the store: it refuses writes until restart, because RocksDB's
+//! state after a failed sync is unknown.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use rocksdb::{WriteBatch, WriteOptions, DB};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::codec::{commit_suffix, encode_record};
+use crate::error::LedgerError;
+use crate::limits::EngineTuning;
+use crate::merkle::{leaf_hash, Frontier, Hash};
+use crate::store::{self, CustomerRecord, CustomerState, TreeState};
+use crate::types::{CustomerId, EventId, ExpectedVersion, Position, StreamName, StreamVersion};
+
+/// A message to the writer thread.
+pub(crate) enum WriterMsg {
+    /// Commit an append.
+    Append(AppendCommand),
+    /// Commit everything queued before this, then stop.
+    Shutdown,
+}
+
+/// A validated, encrypted append.
+pub(crate) struct AppendCommand {
+    pub customer: CustomerId,
+    /// Present when the caller did not find the customer and made a key for it.
+    pub new_customer: Option<NewCustomer>,
+    pub stream: StreamName,
+    pub expected: ExpectedVersion,
+    pub events: Vec<SealedEvent>,
+    pub reply: oneshot::Sender<Result<AppendOutcome, Rejection>>,
+}
+
+/// A customer to create together with the first append.
+pub(crate) struct NewCustomer {
+    pub record: CustomerRecord,
+    pub kek_version: u32,
+    pub wrapped_dek: Vec<u8>,
+}
+
+/// One encrypted event waiting for its position.
+pub(crate) struct SealedEvent {
+    pub event_id: EventId,
+    pub content_mac: [u8; 32],
+    /// The pre-commit header; the writer appends position and version.
+    pub header: Vec<u8>,
+    pub sealed: Vec<u8>,
+    pub sealed_hash: Hash,
+}
+
+/// Why the writer did not commit an append.
+pub(crate) enum Rejection {
+    /// A clear error for the caller.
+    Error(LedgerError),
+    /// Another append created this customer first; encrypt again under the stored key.
+    CustomerCreatedConcurrently,
+}
+
+/// What a committed (or idempotently replayed) append returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// Position of the first event; the rest follow contiguously.
+    pub first_position: Position,
+    /// The version the stream's next event will get.
+    pub next_stream_version: StreamVersion,
+    /// Tree size after the commit.
+    pub tree_size: u64,
+    /// Merkle root at `tree_size`.
+    pub root: Hash,
+    /// True when nothing new was written because every event id was already appended.
+    pub idempotent_replay: bool,
+}
+
+/// Events committed together, as stored, for live subscribers.
+#[derive(Debug)]
+pub struct CommittedBatch {
+    /// Position of `records[0]`.
+    pub first_position: Position,
+    /// Stored event records in position order.
+    pub records: Vec<Vec<u8>>,
+}
+
+/// State the writer publishes to readers.
+pub(crate) struct Shared {
+    pub poisoned: AtomicBool,
+    pub committed_size: AtomicU64,
+    pub tree: RwLock<TreeState>,
+    pub batches: broadcast::Sender<Arc<CommittedBatch>>,
+    /// Test-only fault injection: the next batch write fails as if the disk did.
+    pub inject_write_fault: AtomicBool,
+}
+
+pub(crate) struct Writer {
+    pub db: Arc<DB>,
+    pub shared: Arc<Shared>,
+    pub frontier: Frontier,
+    pub tuning: EngineTuning,
+    /// Stream prefix -> last version; the writer is the only writer, so this is authoritative.
+    stream_heads: HashMap<Vec<u8>, Option<StreamVersion>>,
+    /// Customers known to exist and be active.
+    known_customers: HashSet<CustomerId>,
+}
+
+/// Per-batch view of what earlier appends in the same batch changed.
+#[derive(Default)]
+struct BatchOverlay {
+    stream_heads: HashMap<Vec<u8>, Option<StreamVersion>>,
+    event_ids: HashMap<EventId, (Position, [u8; 32])>,
+    /// Customers created by this batch.
+    customers: HashSet<CustomerId>,
+    /// Existing customers this batch found active in the store.
+    seen_customers: HashSet<CustomerId>,
+}
+
+struct Staged {
+    reply: oneshot::Sender<Result<AppendOutcome, Rejection>>,
+    result: Result<(Position, StreamVersion, bool), Rejection>,
+}
+
+impl Writer {
+    pub fn new(db: Arc<DB>, shared: Arc<Shared>, frontier: Frontier, tuning: EngineTuning) -> Self {
+        Writer { db, shared, frontier, tuning, stream_heads: HashMap::new(), known_customers: HashSet::new() }
+    }
+
+    /// Runs until a `Shutdown` message or until every sender is gone.
+    pub fn run(mut self, mut rx: mpsc::Receiver<WriterMsg>) {
+        let mut batch: Vec<AppendCommand> = Vec::new();
+        loop {
+            let mut stop = false;
+            match rx.blocking_recv() {
+                Some(WriterMsg::Append(cmd)) => batch.push(cmd),
+                Some(WriterMsg::Shutdown) | None => stop = true,
+            }
+            let mut events: usize = batch.iter().map(|c| c.events.len()).sum();
+            let deadline = Instant::now() + Duration::from_micros(self.tuning.batch_wait_us);
+            while !stop && events < self.tuning.batch_events_max {
+                match rx.try_recv() {
+                    Ok(WriterMsg::Append(cmd)) => {
+                        events += cmd.events.len();
+                        batch.push(cmd);
+                    }
+                    Ok(WriterMsg::Shutdown) => stop = true,
+                    Err(mpsc::error::TryRecvError::Empty) if Instant::now() < deadline => std::thread::yield_now(),
+                    Err(_) => break,
+                }
+            }
+            if !batch.is_empty() {
+                self.commit(std::mem::take(&mut batch));
+            }
+            if stop {
+                break;
+            }
+        }
+        tracing::info!(tree_size = self.frontier.size(), "writer stopped");
+    }
+
+    fn commit(&mut self, batch: Vec<AppendCommand>) {
+        if self.shared.poisoned.load(Ordering::Acquire) {
+            for cmd in batch {
+                let _ = cmd.reply.send(Err(Rejection::Error(LedgerError::Poisoned)));
+            }
+            return;
+        }
+        let started = Instant::now();
+        let mut wb = WriteBatch::default();
+        let mut frontier = self.frontier.clone();
+        let mut overlay = BatchOverlay::default();
+        let mut staged = Vec::with_capacity(batch.len());
+        let mut records = Vec::new();
+        let first_position = Position(frontier.size());
+        for cmd in batch {
+            let AppendCommand { customer, new_customer, stream, expected, events, reply } = cmd;
+            let result =
+                self.stage(customer, new_customer, &stream, expected, events, &mut wb, &mut frontier, &mut overlay, &mut records);
+            staged.push(Staged { reply, result });
+        }
+        if frontier.size() == self.frontier.size() {
+            // Nothing to write: every append was rejected or an idempotent replay.
+            self.reply_all(staged);
+            return;
+        }
+        let tree = TreeState { size: frontier.size(), root: frontier.root() };
+        wb.put_cf(self.cf(store::CF_META), store::META_TREE, tree.encode());
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        let write_result = if self.shared.inject_write_fault.swap(false, Ordering::AcqRel) {
+            Err(LedgerError::Integrity("injected write fault".into()))
+        } else {
+            self.db.write_opt(wb, &opts).map_err(LedgerError::from)
+        };
+        if let Err(e) = write_result {
+            tracing::error!(error = %e, "batch write failed; store poisoned, refusing writes until restart");
+            self.shared.poisoned.store(true, Ordering::Release);
+            metrics::gauge!("ledger_store_poisoned").set(1.0);
+            for s in staged {
+                let _ = s.reply.send(Err(Rejection::Error(LedgerError::Poisoned)));
+            }
+            return;
+        }
+        let sync_seconds = started.elapsed().as_secs_f64();
+        // Committed: publish the new state, then answer.
+        self.frontier = frontier;
+        if self.stream_heads.len() + overlay.stream_heads.len() > self.tuning.stream_cache_entries_max {
+            self.stream_heads.clear();
+        }
+        self.stream_heads.extend(overlay.stream_heads);
+        if self.known_customers.len() + overlay.customers.len() > self.tuning.stream_cache_entries_max {
+            self.known_customers.clear();
+        }
+        self.known_customers.extend(overlay.customers);
+        self.known_customers.extend(overlay.seen_customers);
+        *self.shared.tree.write().expect("tree lock") = tree.clone();
+        self.shared.committed_size.store(tree.size, Ordering::Release);
+        let batch_events = records.len();
+        if !records.is_empty() {
+            // No receiver is fine: nobody is subscribed.
+            let _ = self.shared.batches.send(Arc::new(CommittedBatch { first_position, records }));
+        }
+        metrics::counter!("ledger_events_appended_total").increment(batch_events as u64);
+        metrics::counter!("ledger_batches_committed_total").increment(1);
+        metrics::histogram!("ledger_batch_events").record(batch_events as f64);
+        metrics::histogram!("ledger_batch_commit_seconds").record(sync_seconds);
+        metrics::gauge!("ledger_tree_size").set(tree.size as f64);
+        self.reply_all(staged);
+    }
+
+    fn reply_all(&self, staged: Vec<Staged>) {
+        let tree = self.shared.tree.read().expect("tree lock").clone();
+        for s in staged {
+            let answer = s.result.map(|(first_position, next_stream_version, idempotent_replay)| AppendOutcome {
+                first_position,
+                next_stream_version,
+                tree_size: tree.size,
+                root: tree.root,
+                idempotent_replay,
+            });
+            let _ = s.reply.send(answer);
+        }
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(name).expect("column family exists")
+    }
+
+    /// Checks one append against the store and the batch so far and, if it goes through, adds its
+    /// rows to `wb`. Returns (first position, next stream version, idempotent replay). Nothing is
+    /// added to `wb`, `frontier` or `overlay` for a rejected append.
+    #[allow(clippy::too_many_arguments)]
+    fn stage(
+        &self,
+        customer: CustomerId,
+        new_customer: Option<NewCustomer>,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<SealedEvent>,
+        wb: &mut WriteBatch,
+        frontier: &mut Frontier,
+        overlay: &mut BatchOverlay,
+        records: &mut Vec<Vec<u8>>,
+    ) -> Result<(Position, StreamVersion, bool), Rejection> {
+        let err = |e: LedgerError| Rejection::Error(e);
+        // 1. The customer.
+        let exists = overlay.customers.contains(&customer)
+            || overlay.seen_customers.contains(&customer)
+            || self.known_customers.contains(&customer)
+            || {
+            match self.db.get_pinned_cf(self.cf(store::CF_CUSTOMERS), customer.as_bytes()).map_err(|e| err(e.into()))? {
+                Some(bytes) => {
+                    let rec = CustomerRecord::decode(&bytes).map_err(err)?;
+                    if rec.state == CustomerState::Erased {
+                        return Err(err(LedgerError::CustomerErased { customer: customer.to_string() }));
+                    }
+                    overlay.seen_customers.insert(customer);
+                    true
+                }
+                None => false,
+            }
+        };
+        if exists && new_customer.is_some() {
+            return Err(Rejection::CustomerCreatedConcurrently);
+        }
+        if !exists && new_customer.is_none() {
+            return Err(err(LedgerError::NotFound { what: "customer" }));
+        }
+
+        // 2. Idempotency: all ids known with the same content is a replay; any other overlap is refused.
+        let prefix = store::stream_prefix(customer, stream);
+        let mut known = 0usize;
+        let mut first_known: Option<EventId> = None;
+        let mut replay_first: Option<Position> = None;
+        for (i, ev) in events.iter().enumerate() {
+            let found = match overlay.event_ids.get(&ev.event_id) {
+                Some(v) => Some(*v),
+                None => match self.db.get_pinned_cf(self.cf(store::CF_EVENT_IDS), ev.event_id.as_bytes()).map_err(|e| err(e.into()))? {
+                    Some(bytes) => Some(store::decode_event_id_record(&bytes).map_err(err)?),
+                    None => None,
+                },
+            };
+            if let Some((position, mac)) = found {
+                if mac != ev.content_mac {
+                    return Err(err(LedgerError::DuplicateEventId { event_id: ev.event_id.to_string() }));
+                }
+                if i == 0 {
+                    replay_first = Some(position);
+                }
+                // A replay must be the same append again: its events sit contiguously.
+                if replay_first.map(|f| f.0 + i as u64) != Some(position.0) {
+                    return Err(err(LedgerError::DuplicateEventId { event_id: ev.event_id.to_string() }));
+                }
+                first_known.get_or_insert(ev.event_id);
+                known += 1;
+            }
+        }
+        let head = self.head(&prefix, overlay).map_err(err)?;
+        if known == events.len() {
+            let first = replay_first.expect("at least one event");
+            let next = head.map_or(0, |v| v.0 + 1);
+            return Ok((first, StreamVersion(next), true));
+        }
+        if known > 0 {
+            let id = first_known.expect("a known id was counted");
+            return Err(err(LedgerError::DuplicateEventId { event_id: id.to_string() }));
+        }
+
+        // 3. Expected version.
+        let ok = match expected {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => head.is_none(),
+            ExpectedVersion::Exact(v) => head == Some(v),
+        };
+        if !ok {
+            return Err(err(LedgerError::WrongExpectedVersion {
+                expected: match expected {
+                    ExpectedVersion::Any => "any".into(),
+                    ExpectedVersion::NoStream => "no stream".into(),
+                    ExpectedVersion::Exact(v) => v.0.to_string(),
+                },
+                actual: head.map_or_else(|| "none".to_owned(), |v| v.0.to_string()),
+                actual_version: head.map(|v| v.0),
+            }));
+        }
+
+        // 4. Commit into the batch.
+        if let Some(nc) = new_customer {
+            wb.put_cf(self.cf(store::CF_CUSTOMERS), customer.as_bytes(), nc.record.encode());
+            wb.put_cf(self.cf(store::CF_KEYS), customer.as_bytes(), store::encode_key_record(nc.kek_version, &nc.wrapped_dek));
+            overlay.customers.insert(customer);
+        }
+        let first = Position(frontier.size());
+        let mut version = head.map_or(0, |v| v.0 + 1);
+        let events_cf = self.cf(store::CF_EVENTS);
+        let streams_cf = self.cf(store::CF_STREAMS);
+        let ids_cf = self.cf(store::CF_EVENT_IDS);
+        let merkle_cf = self.cf(store::CF_MERKLE);
+        for mut ev in events {
+            let position = Position(frontier.size());
+            commit_suffix(&mut ev.header, position, StreamVersion(version));
+            let leaf = leaf_hash(&ev.header, &ev.sealed_hash);
+            let record = encode_record(&ev.header, &ev.sealed, &leaf);
+            wb.put_cf(events_cf, store::event_key(position), &record);
+            wb.put_cf(streams_cf, store::stream_key(&prefix, StreamVersion(version)), position.0.to_be_bytes());
+            wb.put_cf(ids_cf, ev.event_id.as_bytes(), store::encode_event_id_record(position, &ev.content_mac));
+            frontier.push(leaf, |level, index, hash| wb.put_cf(merkle_cf, store::merkle_key(level, index), hash));
+            overlay.event_ids.insert(ev.event_id, (position, ev.content_mac));
+            records.push(record);
+            version += 1;
+        }
+        overlay.stream_heads.insert(prefix, Some(StreamVersion(version - 1)));
+        Ok((first, StreamVersion(version), false))
+    }
+
+    fn head(&self, prefix: &[u8], overlay: &BatchOverlay) -> Result<Option<StreamVersion>, LedgerError> {
+        if let Some(v) = overlay.stream_heads.get(prefix) {
+            return Ok(*v);
+        }
+        if let Some(v) = self.stream_heads.get(prefix) {
+            return Ok(*v);
+        }
+        let head = store::stream_head(&self.db, prefix)?;
+        Ok(head)
+    }
+}

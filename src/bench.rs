@@ -1,0 +1,207 @@
+//! `ledgerd bench`: drives a running server over gRPC and prints throughput and latency. It is a
+//! program that prints numbers; nothing here passes or fails on speed.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use proto::v1 as pb;
+use proto::v1::ledger_client::LedgerClient;
+use rand::{Rng, RngCore};
+use tonic::transport::Channel;
+
+/// Workloads of `ledgerd bench`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// Concurrent writers, one event per Append.
+    W1,
+    /// Concurrent writers, `--batch-events` events per Append.
+    W1b,
+    /// ReadAll of the whole log with decryption.
+    W2,
+    /// W1, then W1b, then W2.
+    All,
+}
+
+/// Options of `ledgerd bench`.
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// The server's gRPC endpoint.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub target: String,
+    /// Which workload to run.
+    #[arg(long, value_enum, default_value = "all")]
+    pub workload: Workload,
+    /// Concurrent writers.
+    #[arg(long, default_value_t = 64)]
+    pub writers: usize,
+    /// HTTP/2 connections the writers share.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Distinct customers the events are spread over.
+    #[arg(long, default_value_t = 10_000)]
+    pub customers: usize,
+    /// Events to append per write workload.
+    #[arg(long, default_value_t = 200_000)]
+    pub events: u64,
+    /// Payload bytes per event.
+    #[arg(long, default_value_t = 512)]
+    pub payload_bytes: usize,
+    /// Events per Append in W1b.
+    #[arg(long, default_value_t = 100)]
+    pub batch_events: usize,
+    /// Region of the customers the benchmark creates.
+    #[arg(long, default_value = "eu")]
+    pub region: String,
+}
+
+/// Runs the chosen workloads and prints one line of results each.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let mut channels = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        let ch = Channel::from_shared(args.target.clone())?
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {}", args.target))?;
+        channels.push(ch);
+    }
+    let customers: Arc<Vec<String>> = Arc::new((0..args.customers.max(1)).map(|_| uuid::Uuid::new_v4().to_string()).collect());
+    let w = args.workload;
+    if matches!(w, Workload::W1 | Workload::All) {
+        write_workload("W1", &args, &channels, customers.clone(), 1).await?;
+    }
+    if matches!(w, Workload::W1b | Workload::All) {
+        write_workload("W1b", &args, &channels, customers.clone(), args.batch_events.max(1)).await?;
+    }
+    if matches!(w, Workload::W2 | Workload::All) {
+        read_workload(&channels[0]).await?;
+    }
+    Ok(())
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[idx]) / 1000.0
+}
+
+async fn write_workload(
+    name: &str,
+    args: &BenchArgs,
+    channels: &[Channel],
+    customers: Arc<Vec<String>>,
+    per_append: usize,
+) -> anyhow::Result<()> {
+    let appends_total = args.events.div_ceil(per_append as u64);
+    let next = Arc::new(AtomicU64::new(0));
+    let done_events = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let progress = {
+        let done = done_events.clone();
+        let total = appends_total * per_append as u64;
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let d = done.load(Ordering::Relaxed);
+                eprintln!("{name}: {d}/{total} events, {:.0} events/s so far", d as f64 / started.elapsed().as_secs_f64());
+            }
+        })
+    };
+    let mut tasks = Vec::new();
+    for i in 0..args.writers.max(1) {
+        let mut client = LedgerClient::new(channels[i % channels.len()].clone());
+        let (next, done, customers) = (next.clone(), done_events.clone(), customers.clone());
+        let (payload_bytes, region) = (args.payload_bytes, args.region.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies_us: Vec<u32> = Vec::new();
+            let mut payload = vec![0u8; payload_bytes];
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= appends_total {
+                    break;
+                }
+                let customer = {
+                    let mut rng = rand::thread_rng();
+                    customers[rng.gen_range(0..customers.len())].clone()
+                };
+                let events = (0..per_append)
+                    .map(|_| {
+                        rand::thread_rng().fill_bytes(&mut payload);
+                        pb::ProposedEvent {
+                            event_id: uuid::Uuid::new_v4().to_string(),
+                            event_type: "MessageReceived".into(),
+                            channel: pb::Channel::Whatsapp as i32,
+                            direction: pb::Direction::Inbound as i32,
+                            payload: payload.clone(),
+                            ..Default::default()
+                        }
+                    })
+                    .collect();
+                let req = pb::AppendRequest {
+                    stream: format!("bench-{}", &customer[..8]),
+                    customer_id: customer,
+                    region: region.clone(),
+                    expected_version: None,
+                    events,
+                };
+                let t = Instant::now();
+                client.append(req).await.context("append failed")?;
+                latencies_us.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+                done.fetch_add(per_append as u64, Ordering::Relaxed);
+            }
+            anyhow::Ok(latencies_us)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    progress.abort();
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let events = all.len() as u64 * per_append as u64;
+    println!(
+        "{name}: {events} events in {} appends of {per_append}, {} writers: {:.2} s, {:.0} events/s, append latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        all.len(),
+        args.writers,
+        elapsed,
+        events as f64 / elapsed,
+        percentile(&all, 0.50),
+        percentile(&all, 0.99),
+        percentile(&all, 1.0),
+    );
+    Ok(())
+}
+
+async fn read_workload(channel: &Channel) -> anyhow::Result<()> {
+    let mut client = LedgerClient::new(channel.clone()).max_decoding_message_size(64 * 1024 * 1024);
+    let started = Instant::now();
+    let mut stream = client
+        .read_all(pb::ReadAllRequest { from_position: 0, max_count: 0, filter: None })
+        .await
+        .context("read_all failed")?
+        .into_inner();
+    let (mut events, mut bytes) = (0u64, 0u64);
+    let mut last_report = Instant::now();
+    while let Some(msg) = stream.message().await? {
+        events += msg.events.len() as u64;
+        bytes += msg.events.iter().map(|e| e.payload.len() as u64).sum::<u64>();
+        if last_report.elapsed() > Duration::from_secs(2) {
+            eprintln!("W2: {events} events read so far");
+            last_report = Instant::now();
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "W2: ReadAll of {events} events ({:.1} MiB of decrypted payload): {:.2} s, {:.0} events/s",
+        bytes as f64 / (1024.0 * 1024.0),
+        elapsed,
+        events as f64 / elapsed
+    );
+    Ok(())
+}

@@ -1,0 +1,351 @@
+//! The gRPC edge: `ledger.v1.Ledger`. Converts prost types to the engine's domain types and back
+//! (written once, here), and maps the engine's error codes to `tonic::Code`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ledger::types::{Channel, CustomerId, Direction, EventId, EventType, ExpectedVersion, Position, StreamName, StreamVersion, UnixMillis};
+use ledger::{AppendInput, ErrorCode, EventFilter, Ledger, LedgerError, NewEvent, Payload, RecordedEvent};
+use proto::v1 as pb;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+/// Maps an engine error to a gRPC status with the stable code in `ledger-error-code` metadata.
+pub fn status(e: LedgerError) -> Status {
+    let code = e.code();
+    let grpc = match code {
+        ErrorCode::InvalidArgument | ErrorCode::LimitExceeded => tonic::Code::InvalidArgument,
+        ErrorCode::WrongExpectedVersion
+        | ErrorCode::RegionNotServed
+        | ErrorCode::RegionMismatch
+        | ErrorCode::CustomerErased => tonic::Code::FailedPrecondition,
+        ErrorCode::DuplicateEventId => tonic::Code::AlreadyExists,
+        ErrorCode::NotFound => tonic::Code::NotFound,
+        ErrorCode::IntegrityViolation => tonic::Code::DataLoss,
+        ErrorCode::StorePoisoned | ErrorCode::Unavailable => tonic::Code::Unavailable,
+        ErrorCode::Internal => tonic::Code::Internal,
+    };
+    let mut s = Status::new(grpc, e.to_string());
+    s.metadata_mut().insert("ledger-error-code", code.as_str().parse().expect("ascii code"));
+    if let LedgerError::WrongExpectedVersion { actual_version, .. } = &e {
+        let actual = actual_version.map_or_else(|| "none".to_owned(), |v| v.to_string());
+        s.metadata_mut().insert("ledger-actual-version", actual.parse().expect("ascii digits"));
+    }
+    if code == ErrorCode::Internal {
+        tracing::error!(error = %e, "internal error");
+    }
+    s
+}
+
+fn channel_from_pb(value: i32, field: &'static str) -> Result<Channel, LedgerError> {
+    let ch = match pb::Channel::try_from(value) {
+        Ok(pb::Channel::Whatsapp) => Channel::Whatsapp,
+        Ok(pb::Channel::Sms) => Channel::Sms,
+        Ok(pb::Channel::Slack) => Channel::Slack,
+        Ok(pb::Channel::Teams) => Channel::Teams,
+        Ok(pb::Channel::Email) => Channel::Email,
+        Ok(pb::Channel::Chat) => Channel::Chat,
+        Ok(pb::Channel::Internal) => Channel::Internal,
+        Ok(pb::Channel::Unspecified) | Err(_) => return Err(LedgerError::invalid(field, "must be a known channel")),
+    };
+    Ok(ch)
+}
+
+fn channel_to_pb(c: Channel) -> pb::Channel {
+    match c {
+        Channel::Whatsapp => pb::Channel::Whatsapp,
+        Channel::Sms => pb::Channel::Sms,
+        Channel::Slack => pb::Channel::Slack,
+        Channel::Teams => pb::Channel::Teams,
+        Channel::Email => pb::Channel::Email,
+        Channel::Chat => pb::Channel::Chat,
+        Channel::Internal => pb::Channel::Internal,
+    }
+}
+
+fn direction_from_pb(value: i32) -> Result<Direction, LedgerError> {
+    match pb::Direction::try_from(value) {
+        Ok(pb::Direction::Inbound) => Ok(Direction::Inbound),
+        Ok(pb::Direction::Outbound) => Ok(Direction::Outbound),
+        Ok(pb::Direction::Internal) => Ok(Direction::Internal),
+        Ok(pb::Direction::Unspecified) | Err(_) => Err(LedgerError::invalid("events.direction", "must be inbound, outbound or internal")),
+    }
+}
+
+fn direction_to_pb(d: Direction) -> pb::Direction {
+    match d {
+        Direction::Inbound => pb::Direction::Inbound,
+        Direction::Outbound => pb::Direction::Outbound,
+        Direction::Internal => pb::Direction::Internal,
+    }
+}
+
+fn millis_from_pb(ts: &prost_types::Timestamp) -> Result<UnixMillis, LedgerError> {
+    if !(0..1_000_000_000).contains(&ts.nanos) {
+        return Err(LedgerError::invalid("events.occurred_at", "nanos must be in 0..1e9"));
+    }
+    ts.seconds
+        .checked_mul(1000)
+        .and_then(|ms| ms.checked_add(i64::from(ts.nanos / 1_000_000)))
+        .map(UnixMillis)
+        .ok_or_else(|| LedgerError::invalid("events.occurred_at", "is out of range"))
+}
+
+fn millis_to_pb(t: UnixMillis) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: t.0.div_euclid(1000), nanos: (t.0.rem_euclid(1000) * 1_000_000) as i32 }
+}
+
+/// Parses an Append request into the engine's input.
+pub fn append_input(req: pb::AppendRequest, ledger: &Ledger) -> Result<AppendInput, LedgerError> {
+    let limits = &ledger.config().limits;
+    let customer = CustomerId::parse(&req.customer_id, "customer_id")?;
+    let region = if req.region.is_empty() { None } else { Some(ledger::types::Region::parse(&req.region, "region")?) };
+    let stream = StreamName::parse(&req.stream, "stream", limits)?;
+    let expected = match req.expected_version.and_then(|e| e.kind) {
+        None | Some(pb::expected_version::Kind::Any(_)) => ExpectedVersion::Any,
+        Some(pb::expected_version::Kind::NoStream(_)) => ExpectedVersion::NoStream,
+        Some(pb::expected_version::Kind::Exact(v)) => ExpectedVersion::Exact(StreamVersion(v)),
+    };
+    if req.events.len() > limits.events_per_append_max {
+        return Err(LedgerError::limit("events", &format!("events_per_append_max {}", limits.events_per_append_max)));
+    }
+    let mut events = Vec::with_capacity(req.events.len());
+    for ev in req.events {
+        events.push(NewEvent {
+            event_id: EventId::parse(&ev.event_id, "events.event_id")?,
+            event_type: EventType::parse(&ev.event_type, "events.event_type", limits)?,
+            channel: channel_from_pb(ev.channel, "events.channel")?,
+            direction: direction_from_pb(ev.direction)?,
+            occurred_at: ev.occurred_at.as_ref().map(millis_from_pb).transpose()?,
+            metadata: ev.metadata.into_iter().collect::<BTreeMap<_, _>>(),
+            payload: ev.payload,
+            schema_version: ev.schema_version,
+        });
+    }
+    Ok(AppendInput { customer, region, stream, expected, events })
+}
+
+/// Converts a recorded event to its wire form.
+pub fn recorded_to_pb(ev: RecordedEvent) -> pb::RecordedEvent {
+    let h = ev.header;
+    let (payload, state) = match ev.payload {
+        Payload::Available(p) => (p, pb::PayloadState::Available),
+        Payload::Erased => (Vec::new(), pb::PayloadState::Erased),
+        Payload::RegionNotServed => (Vec::new(), pb::PayloadState::RegionNotServed),
+    };
+    pb::RecordedEvent {
+        position: h.position.0,
+        customer_id: h.customer.to_string(),
+        stream: h.stream,
+        stream_version: h.stream_version.0,
+        event_id: h.event_id.to_string(),
+        event_type: h.event_type,
+        channel: channel_to_pb(h.channel) as i32,
+        direction: direction_to_pb(h.direction) as i32,
+        occurred_at: Some(millis_to_pb(h.occurred_at)),
+        recorded_at: Some(millis_to_pb(h.recorded_at)),
+        key_version: h.key_version,
+        schema_version: h.schema_version,
+        metadata: h.metadata.into_iter().collect(),
+        payload,
+        payload_state: state as i32,
+        leaf_hash: ev.leaf.to_vec(),
+    }
+}
+
+fn filter_from_pb(f: Option<pb::EventFilter>) -> Result<EventFilter, LedgerError> {
+    let Some(f) = f else { return Ok(EventFilter::default()) };
+    let customer = if f.customer_id.is_empty() { None } else { Some(CustomerId::parse(&f.customer_id, "filter.customer_id")?) };
+    let channels = f.channels.into_iter().map(|c| channel_from_pb(c, "filter.channels")).collect::<Result<_, _>>()?;
+    Ok(EventFilter { customer, event_types: f.event_types, channels })
+}
+
+/// Messages buffered per read or subscription stream before the server waits for the client.
+const STREAM_BUFFER_MESSAGES: usize = 4;
+
+/// The `ledger.v1.Ledger` service.
+#[derive(Clone)]
+pub struct LedgerService {
+    ledger: Ledger,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl LedgerService {
+    /// A service over `ledger`; subscriptions end when `shutdown` turns true.
+    pub fn new(ledger: Ledger, shutdown: watch::Receiver<bool>) -> Self {
+        LedgerService { ledger, shutdown }
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, LedgerError> + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| Status::internal("read task failed"))?
+        .map_err(status)
+}
+
+#[tonic::async_trait]
+impl pb::ledger_server::Ledger for LedgerService {
+    async fn append(&self, request: Request<pb::AppendRequest>) -> Result<Response<pb::AppendResponse>, Status> {
+        let input = append_input(request.into_inner(), &self.ledger).map_err(status)?;
+        let out = self.ledger.append(input).await.map_err(status)?;
+        Ok(Response::new(pb::AppendResponse {
+            first_position: out.first_position.0,
+            next_stream_version: out.next_stream_version.0,
+            tree_size: out.tree_size,
+            root_hash: out.root.to_vec(),
+            idempotent_replay: out.idempotent_replay,
+        }))
+    }
+
+    type ReadStreamStream = ReceiverStream<Result<pb::ReadStreamResponse, Status>>;
+
+    async fn read_stream(&self, request: Request<pb::ReadStreamRequest>) -> Result<Response<Self::ReadStreamStream>, Status> {
+        let req = request.into_inner();
+        let limits = &self.ledger.config().limits;
+        let customer = CustomerId::parse(&req.customer_id, "customer_id").map_err(status)?;
+        let stream = StreamName::parse(&req.stream, "stream", limits).map_err(status)?;
+        let backward = req.direction == pb::ReadDirection::Backward as i32;
+        let ledger = self.ledger.clone();
+        let events = blocking(move || {
+            ledger.read_stream(customer, &stream, req.from_version.map(StreamVersion), backward, req.max_count as usize)
+        })
+        .await?;
+        let chunk = self.ledger.config().tuning.read_chunk_events.max(1);
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER_MESSAGES);
+        tokio::spawn(async move {
+            let mut events = events.into_iter().map(recorded_to_pb).peekable();
+            while events.peek().is_some() {
+                let part: Vec<_> = events.by_ref().take(chunk).collect();
+                if tx.send(Ok(pb::ReadStreamResponse { events: part })).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type ReadAllStream = ReceiverStream<Result<pb::ReadAllResponse, Status>>;
+
+    async fn read_all(&self, request: Request<pb::ReadAllRequest>) -> Result<Response<Self::ReadAllStream>, Status> {
+        let req = request.into_inner();
+        let filter = filter_from_pb(req.filter).map_err(status)?;
+        let ledger = self.ledger.clone();
+        let end = Position(ledger.committed_size());
+        let mut remaining = if req.max_count == 0 { u64::MAX } else { req.max_count };
+        let chunk = ledger.config().tuning.read_chunk_events.max(1);
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER_MESSAGES);
+        tokio::task::spawn_blocking(move || {
+            let mut next = Position(req.from_position);
+            while next < end && remaining > 0 {
+                match ledger.read_range(next, end, chunk, &filter) {
+                    Ok((mut events, after)) => {
+                        next = after;
+                        if events.len() as u64 > remaining {
+                            events.truncate(remaining as usize);
+                            next = Position(events.last().expect("non-empty").header.position.0 + 1);
+                        }
+                        remaining -= events.len() as u64;
+                        if events.is_empty() {
+                            continue;
+                        }
+                        let msg = pb::ReadAllResponse { events: events.into_iter().map(recorded_to_pb).collect(), next_position: next.0 };
+                        if tx.blocking_send(Ok(msg)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(status(e)));
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type SubscribeStream = ReceiverStream<Result<pb::SubscribeResponse, Status>>;
+
+    async fn subscribe(&self, request: Request<pb::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+        let req = request.into_inner();
+        let filter = Arc::new(filter_from_pb(req.filter).map_err(status)?);
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER_MESSAGES);
+        let ledger = self.ledger.clone();
+        let mut shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let next = Position(req.from_position);
+            let result = tokio::select! {
+                r = follow(ledger, filter, next, tx.clone()) => r,
+                _ = shutdown.wait_for(|s| *s) => Err(Status::unavailable("server shutting down; resubscribe from the last next_position")),
+            };
+            if let Err(s) = result {
+                let _ = tx.send(Err(s)).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Catch-up from storage, then live from committed batches. The batch receiver is created before
+/// the committed size is read, so every batch committed after that read is in the receiver: no
+/// gap. Events below `next` are skipped: no duplicate. A subscriber that lags behind the bounded
+/// batch buffer goes back to storage; writers never wait for it.
+async fn follow(
+    ledger: Ledger,
+    filter: Arc<EventFilter>,
+    mut next: Position,
+    tx: mpsc::Sender<Result<pb::SubscribeResponse, Status>>,
+) -> Result<(), Status> {
+    let chunk = ledger.config().tuning.read_chunk_events.max(1);
+    let mut batches = ledger.subscribe_batches();
+    let mut live = false;
+    loop {
+        let committed = Position(ledger.committed_size());
+        if next < committed {
+            let (l, f) = (ledger.clone(), filter.clone());
+            let (events, after) = blocking(move || l.read_range(next, committed, chunk, &f)).await?;
+            next = after;
+            live = false;
+            let msg = pb::SubscribeResponse { events: events.into_iter().map(recorded_to_pb).collect(), next_position: next.0, live };
+            if tx.send(Ok(msg)).await.is_err() {
+                return Ok(());
+            }
+            continue;
+        }
+        if !live {
+            live = true;
+            let msg = pb::SubscribeResponse { events: Vec::new(), next_position: next.0, live };
+            if tx.send(Ok(msg)).await.is_err() {
+                return Ok(());
+            }
+        }
+        match batches.recv().await {
+            Ok(batch) => {
+                let end = Position(batch.first_position.0 + batch.records.len() as u64);
+                if end <= next {
+                    continue;
+                }
+                if batch.first_position > next {
+                    // Something between was missed: read it from storage.
+                    continue;
+                }
+                let (l, f) = (ledger.clone(), filter.clone());
+                let events = blocking(move || l.decode_batch(&batch, next, &f)).await?;
+                next = end;
+                if events.is_empty() {
+                    continue;
+                }
+                let msg = pb::SubscribeResponse { events: events.into_iter().map(recorded_to_pb).collect(), next_position: next.0, live };
+                if tx.send(Ok(msg)).await.is_err() {
+                    return Ok(());
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(skipped)) => {
+                tracing::debug!(skipped, next = next.0, "subscriber lagged; continuing from storage");
+                metrics::counter!("ledger_subscription_lags_total").increment(1);
+            }
+            Err(broadcast::error::RecvError::Closed) => return Err(Status::unavailable("ledger closed; resubscribe from the last next_position")),
+        }
+    }
+}

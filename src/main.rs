@@ -1,0 +1,145 @@
+//! `ledgerd`: the ledger server and its command-line tools.
+
+mod bench;
+mod config;
+mod grpc;
+mod http;
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ledger::Ledger;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Compliance-first, append-only, event-sourced message ledger.
+#[derive(Parser, Debug)]
+#[command(name = "ledgerd", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the ledger server (gRPC and HTTP) with embedded defaults.
+    Serve(config::ServeArgs),
+    /// Drive a running server over gRPC and print throughput and latency.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Serve(args) => {
+            let config = config::ServeConfig::resolve(&args)?;
+            init_tracing(&config.log_format);
+            runtime.block_on(serve(config))
+        }
+        Command::Bench(args) => {
+            init_tracing("text");
+            runtime.block_on(bench::run(args))
+        }
+    }
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LEDGER_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.with_ansi(false).init();
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
+        _ = int.recv() => tracing::info!(signal = "SIGINT", "shutting down"),
+    }
+}
+
+async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let ledger_config = config.ledger.clone();
+    let (ledger, report) = tokio::task::spawn_blocking(move || Ledger::open(ledger_config))
+        .await?
+        .map_err(|e| anyhow::anyhow!("refusing to serve: {e}"))?;
+    if report.keyring_written {
+        tracing::warn!(
+            path = %config.ledger.keyring_path().display(),
+            "DEV KEYRING WRITTEN: region key-encryption keys are in a plain 0600 file; keep it away from \
+             the data directory and its backups, or use an HSM, before holding real customer data"
+        );
+    }
+    if report.signing_key_created {
+        tracing::warn!(path = %config.ledger.signing_key_path().display(), "created a new ed25519 signing key (0600)");
+    }
+    tracing::info!(tree_size = report.tree_size, events_checked = report.events_checked, check = ?config.ledger.startup_check, "store verified");
+
+    let grpc_listener = tokio::net::TcpListener::bind(&config.grpc_addr)
+        .await
+        .with_context(|| format!("binding gRPC address {}", config.grpc_addr))?;
+    let http_listener = tokio::net::TcpListener::bind(&config.http_addr)
+        .await
+        .with_context(|| format!("binding HTTP address {}", config.http_addr))?;
+    let grpc_addr: SocketAddr = grpc_listener.local_addr()?;
+    let http_addr: SocketAddr = http_listener.local_addr()?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let service = grpc::LedgerService::new(ledger.clone(), shutdown_rx.clone());
+    let max_request = config.ledger.limits.request_bytes_max;
+    let ledger_server = proto::v1::ledger_server::LedgerServer::new(service)
+        .max_decoding_message_size(max_request)
+        .max_encoding_message_size(64 * 1024 * 1024);
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<proto::v1::ledger_server::LedgerServer<grpc::LedgerService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+
+    let mut grpc_stop = shutdown_rx.clone();
+    let grpc_server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(ledger_server)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
+            let _ = grpc_stop.wait_for(|s| *s).await;
+        });
+    let mut http_stop = shutdown_rx.clone();
+    let http_server = axum::serve(http_listener, http::router(ledger.clone(), prometheus))
+        .with_graceful_shutdown(async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        });
+    let grpc_task = tokio::spawn(grpc_server);
+    let http_task = tokio::spawn(async move { http_server.await });
+
+    let regions: Vec<&str> = config.ledger.regions.iter().map(|r| r.as_str()).collect();
+    tracing::info!(
+        grpc_addr = %grpc_addr,
+        http_addr = %http_addr,
+        regions = %regions.join(","),
+        data_dir = %config.ledger.data_dir.display(),
+        "ledger ready"
+    );
+
+    shutdown_signal().await;
+    health_reporter.set_not_serving::<proto::v1::ledger_server::LedgerServer<grpc::LedgerService>>().await;
+    // Stop accepting; in-flight appends run to completion before the servers return.
+    let _ = shutdown_tx.send(true);
+    grpc_task.await?.context("gRPC server")?;
+    http_task.await?.context("HTTP server")?;
+    ledger.shutdown().await;
+    tracing::info!(tree_size = ledger.committed_size(), "ledger stopped");
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! A `ledgerd` child process for end-to-end tests: started on free loopback ports with its own
+//! temporary data directory, its stderr captured, killed and cleaned up on drop.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use proto::v1 as pb;
+use proto::v1::ledger_client::LedgerClient;
+use tonic::transport::Channel;
+
+pub struct Server {
+    pub child: Child,
+    pub grpc_addr: String,
+    pub http_addr: String,
+    pub data_dir: PathBuf,
+    pub logs: Arc<Mutex<String>>,
+    _owned_dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// Starts a server on a fresh data directory.
+    pub fn start(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_owned();
+        let mut s = Server::start_in(&path, extra);
+        s._owned_dir = Some(dir);
+        s
+    }
+
+    /// Starts a server on an existing data directory (which the caller owns).
+    pub fn start_in(data_dir: &Path, extra: &[&str]) -> Server {
+        let regions: &[&str] = if extra.contains(&"--regions") { &[] } else { &["--regions", "eu,us"] };
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ledgerd"))
+            .args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(regions)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .env_remove("LEDGER_CONFIG")
+            .env("LEDGER_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ledgerd");
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            let mut ready_tx = Some(ready_tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("ledger ready") {
+                    if let Some(tx) = ready_tx.take() {
+                        let _ = tx.send(Ok((field(&line, "grpc_addr="), field(&line, "http_addr="))));
+                    }
+                }
+                if line.contains("refusing to serve") || line.starts_with("Error") {
+                    if let Some(tx) = ready_tx.take() {
+                        let _ = tx.send(Err(line.clone()));
+                    }
+                }
+                sink.lock().unwrap().push_str(&line);
+                sink.lock().unwrap().push('\n');
+            }
+            if let Some(tx) = ready_tx.take() {
+                let _ = tx.send(Err("ledgerd exited before it was ready".into()));
+            }
+        });
+        let (grpc_addr, http_addr) = match ready_rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(Ok(addrs)) => addrs,
+            Ok(Err(e)) => {
+                let _ = child.kill();
+                panic!("ledgerd did not start: {e}\n{}", logs.lock().unwrap());
+            }
+            Err(_) => {
+                let _ = child.kill();
+                panic!("ledgerd not ready in time\n{}", logs.lock().unwrap());
+            }
+        };
+        Server { child, grpc_addr, http_addr, data_dir: data_dir.to_owned(), logs, _owned_dir: None }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    pub async fn client(&self) -> LedgerClient<Channel> {
+        LedgerClient::connect(self.endpoint()).await.expect("connect").max_decoding_message_size(64 * 1024 * 1024)
+    }
+
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success(), "kill -TERM failed");
+        self.child.wait().unwrap()
+    }
+
+    /// A plain HTTP/1.1 GET against the HTTP port: (status, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        let mut s = std::net::TcpStream::connect(&self.http_addr).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        (status, body)
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn field(line: &str, key: &str) -> String {
+    let start = line.find(key).unwrap_or_else(|| panic!("no {key} in ready line: {line}")) + key.len();
+    line[start..].split_whitespace().next().unwrap().to_owned()
+}
+
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+pub fn proposed(payload: &[u8]) -> pb::ProposedEvent {
+    pb::ProposedEvent {
+        event_id: new_id(),
+        event_type: "MessageReceived".into(),
+        channel: pb::Channel::Whatsapp as i32,
+        direction: pb::Direction::Inbound as i32,
+        payload: payload.to_vec(),
+        ..Default::default()
+    }
+}
+
+pub fn append_req(customer: &str, stream: &str, events: Vec<pb::ProposedEvent>) -> pb::AppendRequest {
+    pb::AppendRequest { customer_id: customer.into(), region: "eu".into(), stream: stream.into(), expected_version: None, events }
+}
+
+pub fn exact(v: u64) -> Option<pb::ExpectedVersion> {
+    Some(pb::ExpectedVersion { kind: Some(pb::expected_version::Kind::Exact(v)) })
+}
+
+pub fn no_stream() -> Option<pb::ExpectedVersion> {
+    Some(pb::ExpectedVersion { kind: Some(pb::expected_version::Kind::NoStream(pb::expected_version::NoStream {})) })
+}
+
+/// Reads the whole log through ReadAll.
+pub async fn read_all(client: &mut LedgerClient<Channel>) -> Vec<pb::RecordedEvent> {
+    let mut stream = client.read_all(pb::ReadAllRequest { from_position: 0, max_count: 0, filter: None }).await.unwrap().into_inner();
+    let mut out = Vec::new();
+    while let Some(msg) = stream.message().await.unwrap() {
+        out.extend(msg.events);
+    }
+    out
+}
+
+pub async fn read_stream(client: &mut LedgerClient<Channel>, customer: &str, stream: &str) -> Vec<pb::RecordedEvent> {
+    let req = pb::ReadStreamRequest { customer_id: customer.into(), stream: stream.into(), max_count: 1000, ..Default::default() };
+    let mut s = client.read_stream(req).await.unwrap().into_inner();
+    let mut out = Vec::new();
+    while let Some(msg) = s.message().await.unwrap() {
+        out.extend(msg.events);
+    }
+    out
+}
+
+/// The RFC 9162 root over leaf hashes, computed independently of the server's incremental code.
+pub fn root_of(leaves: &[[u8; 32]]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    match leaves.len() {
+        0 => Sha256::digest(b"").into(),
+        1 => leaves[0],
+        n => {
+            let k = 1usize << (usize::BITS - 1 - (n - 1).leading_zeros());
+            let mut h = Sha256::new();
+            h.update([1u8]);
+            h.update(root_of(&leaves[..k]));
+            h.update(root_of(&leaves[k..]));
+            h.finalize().into()
+        }
+    }
+}
