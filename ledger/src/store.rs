@@ -62,6 +62,18 @@ fn cf_options(name: &str, cache: &Cache) -> Options {
         _ => {}
     }
     opts.set_block_based_table_factory(&table);
+    if matches!(name, CF_EVENT_IDS | CF_STREAMS) {
+        // Random keys: inserting into a large memtable is a cache-cold skiplist search, which was
+        // the writer thread's largest cost. Small memtables keep it cache-resident; flushes and
+        // compactions run on background threads. (A hash memtable was faster to insert into but
+        // moved a full sort onto every flush, and lost on the benchmark sequence: ARCHITECTURE.md.)
+        opts.set_write_buffer_size(8 * 1024 * 1024);
+    }
+    if name == CF_EVENT_IDS {
+        // Nearly every lookup (a new event id) misses: a memtable bloom filter answers it.
+        opts.set_memtable_whole_key_filtering(true);
+        opts.set_memtable_prefix_bloom_ratio(0.05);
+    }
     match name {
         // Ciphertext does not compress; headers a little. LZ4 costs almost nothing.
         CF_EVENTS => {
