@@ -13,6 +13,11 @@ use ledger::Ledger;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 
+/// Decoding and encoding streams of events allocates many small strings and buffers; glibc's
+/// malloc spent much of the read path in `malloc_consolidate` (see ARCHITECTURE.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Compliance-first, append-only, event-sourced message ledger.
 #[derive(Parser, Debug)]
 #[command(name = "ledgerd", version, about)]
