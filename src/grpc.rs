@@ -164,6 +164,27 @@ fn filter_from_pb(f: Option<pb::EventFilter>) -> Result<EventFilter, LedgerError
 /// Messages buffered per read or subscription stream before the server waits for the client.
 const STREAM_BUFFER_MESSAGES: usize = 4;
 
+/// Splits events into messages of at most `max_events` events and about `max_bytes` bytes (one
+/// event always fits: payloads are far below the message limit).
+fn chunked(events: Vec<RecordedEvent>, max_events: usize, max_bytes: usize) -> Vec<Vec<pb::RecordedEvent>> {
+    let mut out = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0usize;
+    for ev in events {
+        let size = ev.approx_bytes();
+        if !current.is_empty() && (current.len() >= max_events.max(1) || bytes + size > max_bytes) {
+            out.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += size;
+        current.push(recorded_to_pb(ev));
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
 /// The `ledger.v1.Ledger` service.
 #[derive(Clone)]
 pub struct LedgerService {
@@ -212,12 +233,11 @@ impl pb::ledger_server::Ledger for LedgerService {
             ledger.read_stream(customer, &stream, req.from_version.map(StreamVersion), backward, req.max_count as usize)
         })
         .await?;
-        let chunk = self.ledger.config().tuning.read_chunk_events.max(1);
+        let tuning = &self.ledger.config().tuning;
+        let parts = chunked(events, tuning.read_chunk_events, tuning.read_chunk_bytes_max);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER_MESSAGES);
         tokio::spawn(async move {
-            let mut events = events.into_iter().map(recorded_to_pb).peekable();
-            while events.peek().is_some() {
-                let part: Vec<_> = events.by_ref().take(chunk).collect();
+            for part in parts {
                 if tx.send(Ok(pb::ReadStreamResponse { events: part })).await.is_err() {
                     break;
                 }
@@ -235,11 +255,12 @@ impl pb::ledger_server::Ledger for LedgerService {
         let end = Position(ledger.committed_size());
         let mut remaining = if req.max_count == 0 { u64::MAX } else { req.max_count };
         let chunk = ledger.config().tuning.read_chunk_events.max(1);
+        let bytes_max = ledger.config().tuning.read_chunk_bytes_max;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER_MESSAGES);
         tokio::task::spawn_blocking(move || {
             let mut next = Position(req.from_position);
             while next < end && remaining > 0 {
-                match ledger.read_range(next, end, chunk, &filter) {
+                match ledger.read_range(next, end, chunk, bytes_max, &filter) {
                     Ok((mut events, after)) => {
                         next = after;
                         if events.len() as u64 > remaining {
@@ -298,13 +319,14 @@ async fn follow(
     tx: mpsc::Sender<Result<pb::SubscribeResponse, Status>>,
 ) -> Result<(), Status> {
     let chunk = ledger.config().tuning.read_chunk_events.max(1);
+    let bytes_max = ledger.config().tuning.read_chunk_bytes_max;
     let mut batches = ledger.subscribe_batches();
     let mut live = false;
     loop {
         let committed = Position(ledger.committed_size());
         if next < committed {
             let (l, f) = (ledger.clone(), filter.clone());
-            let (events, after) = blocking(move || l.read_range(next, committed, chunk, &f)).await?;
+            let (events, after) = blocking(move || l.read_range(next, committed, chunk, bytes_max, &f)).await?;
             next = after;
             live = false;
             let msg = pb::SubscribeResponse { events: events.into_iter().map(recorded_to_pb).collect(), next_position: next.0, live };
@@ -332,14 +354,17 @@ async fn follow(
                 }
                 let (l, f) = (ledger.clone(), filter.clone());
                 let events = blocking(move || l.decode_batch(&batch, next, &f)).await?;
+                let parts = chunked(events, chunk, bytes_max);
+                let count = parts.len();
+                for (i, part) in parts.into_iter().enumerate() {
+                    // Only the last message of a batch may claim the whole batch as examined.
+                    let next_position = if i + 1 == count { end.0 } else { part.last().map_or(next.0, |e| e.position + 1) };
+                    let msg = pb::SubscribeResponse { events: part, next_position, live };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return Ok(());
+                    }
+                }
                 next = end;
-                if events.is_empty() {
-                    continue;
-                }
-                let msg = pb::SubscribeResponse { events: events.into_iter().map(recorded_to_pb).collect(), next_position: next.0, live };
-                if tx.send(Ok(msg)).await.is_err() {
-                    return Ok(());
-                }
             }
             Err(broadcast::error::RecvError::Lagged(skipped)) => {
                 tracing::debug!(skipped, next = next.0, "subscriber lagged; continuing from storage");

@@ -158,6 +158,18 @@ pub struct RecordedEvent {
     pub leaf: Hash,
 }
 
+impl RecordedEvent {
+    /// About how many bytes the event takes on the wire, for bounding message sizes.
+    pub fn approx_bytes(&self) -> usize {
+        let payload = match &self.payload {
+            Payload::Available(p) => p.len(),
+            _ => 0,
+        };
+        let metadata: usize = self.header.metadata.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+        payload + metadata + self.header.stream.len() + self.header.event_type.len() + 192
+    }
+}
+
 /// Narrows reads and subscriptions. Empty fields match everything.
 #[derive(Clone, Debug, Default)]
 pub struct EventFilter {
@@ -564,14 +576,16 @@ impl Ledger {
         Ok(out)
     }
 
-    /// Reads events in global order from `from`, examining at most `examine_max` positions and
-    /// stopping before `end`. Returns the matching events and the position to continue from.
+    /// Reads events in global order from `from`, stopping before `end`, after examining
+    /// `examine_max` positions, or once the matching events reach about `bytes_max` bytes (at least
+    /// one is returned). Returns them and the position to continue from.
     /// Blocking: call from a blocking context.
     pub fn read_range(
         &self,
         from: Position,
         end: Position,
         examine_max: usize,
+        bytes_max: usize,
         filter: &EventFilter,
     ) -> Result<(Vec<RecordedEvent>, Position), LedgerError> {
         let cf = self.inner.db.cf_handle(store::CF_EVENTS).expect("events cf");
@@ -579,8 +593,9 @@ impl Ledger {
         iter.seek(store::event_key(from));
         let mut next = from;
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         let stop = end.0.min(from.0.saturating_add(examine_max as u64));
-        while next.0 < stop {
+        while next.0 < stop && bytes < bytes_max {
             if !iter.valid() {
                 iter.status()?;
                 return Err(integrity(next, "event is missing"));
@@ -590,6 +605,7 @@ impl Ledger {
                 return Err(integrity(next, "event is missing"));
             }
             if let Some(ev) = self.decode_record(next, iter.value().expect("valid iterator has a value"), Some(filter))? {
+                bytes += ev.approx_bytes();
                 out.push(ev);
             }
             next = Position(next.0 + 1);

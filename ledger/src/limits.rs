@@ -66,8 +66,11 @@ pub struct EngineTuning {
     /// Committed batches buffered for live subscribers; one that falls further behind continues
     /// from storage.
     pub subscription_buffer_batches: usize,
-    /// Events sent per message on read and subscription streams.
+    /// Most events sent per message on read and subscription streams.
     pub read_chunk_events: usize,
+    /// Approximate bytes after which a read or subscription message is closed (one event always
+    /// fits). Keeps messages under gRPC clients' default 4 MiB decode limit.
+    pub read_chunk_bytes_max: usize,
     /// How many of the newest events the quick startup check re-hashes.
     pub quick_check_events: u64,
 }
@@ -83,6 +86,7 @@ impl Default for EngineTuning {
             stream_cache_entries_max: 1_000_000,
             subscription_buffer_batches: 1024,
             read_chunk_events: 256,
+            read_chunk_bytes_max: 1024 * 1024,
             quick_check_events: 10_000,
         }
     }

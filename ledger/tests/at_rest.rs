@@ -45,7 +45,7 @@ fn canary_payload_never_reaches_disk() {
     // And the events still read back, decrypted, from the compacted store.
     let ledger = open(dir.path());
     let (events, _) = ledger
-        .read_range(ledger::types::Position(0), ledger::types::Position(50), 100, &Default::default())
+        .read_range(ledger::types::Position(0), ledger::types::Position(50), 100, usize::MAX, &Default::default())
         .unwrap();
     assert_eq!(events.len(), 50);
     match &events[7].payload {

@@ -122,7 +122,7 @@ proptest! {
             prop_assert_eq!(back[0].header.stream_version.0, payloads.len() as u64 - 1);
         }
         // The global log is contiguous and in model order, and the root matches its leaves.
-        let (all, next) = ledger.read_range(Position(0), Position(ledger.committed_size()), 10_000, &Default::default()).unwrap();
+        let (all, next) = ledger.read_range(Position(0), Position(ledger.committed_size()), 10_000, usize::MAX, &Default::default()).unwrap();
         prop_assert_eq!(next.0, model.log.len() as u64);
         let leaves: Vec<_> = all.iter().map(|e| e.leaf).collect();
         for (i, (e, (stream, payload))) in all.iter().zip(&model.log).enumerate() {
