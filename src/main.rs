@@ -70,6 +70,9 @@ async fn shutdown_signal() {
     }
 }
 
+/// How long a shutdown waits for in-flight requests and open connections to finish.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
@@ -141,10 +144,28 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
 
     shutdown_signal().await;
     health_reporter.set_not_serving::<proto::v1::ledger_server::LedgerServer<grpc::LedgerService>>().await;
-    // Stop accepting; in-flight appends run to completion before the servers return.
+    // Stop accepting; in-flight appends run to completion before the servers return. A client
+    // that never closes its connection cannot hold the process: after the grace period the
+    // servers are dropped, and the writer still commits everything already queued.
     let _ = shutdown_tx.send(true);
-    grpc_task.await?.context("gRPC server")?;
-    http_task.await?.context("HTTP server")?;
+    let (grpc_abort, http_abort) = (grpc_task.abort_handle(), http_task.abort_handle());
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        let grpc = grpc_task.await;
+        let http = http_task.await;
+        (grpc, http)
+    })
+    .await;
+    match drained {
+        Ok((grpc, http)) => {
+            grpc?.context("gRPC server")?;
+            http?.context("HTTP server")?;
+        }
+        Err(_) => {
+            tracing::warn!(grace_secs = SHUTDOWN_GRACE.as_secs(), "connections still open after the grace period; closing them");
+            grpc_abort.abort();
+            http_abort.abort();
+        }
+    }
     ledger.shutdown().await;
     tracing::info!(tree_size = ledger.committed_size(), "ledger stopped");
     Ok(())

@@ -16,7 +16,7 @@ async fn health_readiness_and_metrics() {
     assert_eq!(server.http_get("/readyz").0, 200);
     let (status, body) = server.http_get("/metrics");
     assert_eq!(status, 200);
-    for name in ["ledger_events_appended_total", "ledger_appends_total", "ledger_batch_events", "ledger_batch_commit_seconds", "ledger_tree_size", "ledger_store_size_bytes"] {
+    for name in ["ledger_events_appended_total", "ledger_appends_total", "ledger_batch_events", "ledger_batch_commit_seconds", "ledger_wal_write_sync_seconds", "ledger_tree_size", "ledger_store_size_bytes"] {
         assert!(body.contains(name), "metrics lack {name}:\n{body}");
     }
     assert!(!body.contains("metrics canary payload"));
@@ -57,4 +57,20 @@ async fn sigterm_finishes_in_flight_appends_and_exits_cleanly() {
     let acked = acked.lock().unwrap();
     assert!(!acked.is_empty());
     assert!(acked.iter().all(|id| stored.contains(id)), "an acknowledged append was lost on shutdown");
+}
+
+/// A client whose connection never closes (its runtime is blocked, so it cannot even answer the
+/// server's GOAWAY) does not hold the server: it exits cleanly after the shutdown grace period.
+#[tokio::test(flavor = "current_thread")]
+async fn an_unresponsive_client_cannot_hold_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_in(dir.path(), &[]);
+    let mut c = server.client().await;
+    c.append(append_req(&new_id(), "conv", vec![proposed(b"x")])).await.unwrap();
+    // `terminate` blocks this single-threaded runtime, so the client's connection task is frozen.
+    let status = server.terminate();
+    assert!(status.success(), "exit status {status:?}\n{}", server.logs());
+    assert!(server.logs().contains("grace period"), "{}", server.logs());
+    assert!(server.logs().contains("ledger stopped"), "{}", server.logs());
+    drop(c);
 }

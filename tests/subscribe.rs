@@ -47,22 +47,48 @@ async fn subscriber_sees_exactly_the_committed_sequence_while_writers_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_subscriber_does_not_block_writers_and_resumes_from_storage() {
-    let server = Server::start(&[]);
+    // A live buffer of two batches, so the stalled subscriber is sure to fall behind it.
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = config_dir.path().join("ledgerd.toml");
+    std::fs::write(&config, "[tuning]\nsubscription_buffer_batches = 2\n").unwrap();
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
     let mut c = server.client().await;
     // Subscribe and never read while a lot is written.
     let mut stalled = c.subscribe(pb::SubscribeRequest { from_position: 0, filter: None }).await.unwrap().into_inner();
     let customer = new_id();
-    for i in 0..200 {
-        let events = (0..20).map(|j| proposed(format!("{i}-{j}").repeat(50).as_bytes())).collect();
+    // About 12 MB: well past what HTTP/2 flow-control windows and socket buffers absorb, so the
+    // server's send really blocks and the subscription falls behind the live buffer.
+    let payload = vec![b'x'; 2000];
+    for _ in 0..300 {
+        let events = (0..20).map(|_| proposed(&payload)).collect();
         c.append(append_req(&customer, "bulk", events)).await.unwrap();
     }
     // Now read: everything arrives, in order, from storage where the buffer was exceeded.
     let mut next = 0u64;
-    while next < 4000 {
+    while next < 6000 {
         let msg = tokio::time::timeout(std::time::Duration::from_secs(60), stalled.message()).await.unwrap().unwrap().unwrap();
         for e in msg.events {
             assert_eq!(e.position, next);
             next += 1;
         }
     }
+    // The subscription really fell behind the live buffer and caught up from storage.
+    let (_, metrics) = server.http_get("/metrics");
+    let lags: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ledger_subscription_lags_total "))
+        .unwrap_or_else(|| panic!("lag counter absent:\n{}", metrics.lines().filter(|l| l.contains("subscri") || l.contains("batches")).collect::<Vec<_>>().join("\n")))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(lags >= 1.0, "the subscriber never lagged, so this test did not exercise the fallback");
+    // And it keeps following live after catching up.
+    c.append(append_req(&customer, "bulk", vec![proposed(b"after")])).await.unwrap();
+    let msg = loop {
+        let msg = tokio::time::timeout(std::time::Duration::from_secs(60), stalled.message()).await.unwrap().unwrap().unwrap();
+        if !msg.events.is_empty() {
+            break msg;
+        }
+    };
+    assert_eq!(msg.events[0].position, 6000);
 }

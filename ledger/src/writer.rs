@@ -196,11 +196,13 @@ impl Writer {
         wb.put_cf(self.cf(store::CF_META), store::META_TREE, tree.encode());
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
+        let sync_started = Instant::now();
         let write_result = if self.shared.inject_write_fault.swap(false, Ordering::AcqRel) {
             Err(LedgerError::Integrity("injected write fault".into()))
         } else {
             self.db.write_opt(wb, &opts).map_err(LedgerError::from)
         };
+        metrics::histogram!("ledger_wal_write_sync_seconds").record(sync_started.elapsed().as_secs_f64());
         if let Err(e) = write_result {
             tracing::error!(error = %e, "batch write failed; store poisoned, refusing writes until restart");
             self.shared.poisoned.store(true, Ordering::Release);
