@@ -5,9 +5,13 @@
 set -euo pipefail
 
 have_libclang() {
-  ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so' && return 0
-  compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null && return 0
-  return 1
+  # On Debian, ask dpkg: bindgen needs both libclang and clang's builtin headers, which
+  # libclang-dev brings (a bare libclang1 is not enough).
+  if command -v dpkg-query >/dev/null 2>&1; then
+    dpkg-query -W -f='${Status}' libclang-dev 2>/dev/null | grep -q 'install ok installed'
+    return
+  fi
+  compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null
 }
 
 if ! command -v cargo >/dev/null 2>&1; then

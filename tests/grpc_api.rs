@@ -68,6 +68,23 @@ async fn append_then_read_back_everything_a_caller_needs() {
     assert_eq!(msg.events.len(), 1);
     assert_eq!(msg.events[0].customer_id, other);
     assert_eq!(read_all(&mut c).await.len(), 3);
+    // Filters by event type and by channel.
+    let mut sms = proposed(b"an sms");
+    sms.channel = pb::Channel::Sms as i32;
+    sms.event_type = "MessageSent".into();
+    c.append(append_req(&other, "conv-9", vec![sms])).await.unwrap();
+    for filter in [
+        pb::EventFilter { event_types: vec!["MessageSent".into()], ..Default::default() },
+        pb::EventFilter { channels: vec![pb::Channel::Sms as i32], ..Default::default() },
+    ] {
+        let mut s = c.read_all(pb::ReadAllRequest { filter: Some(filter.clone()), ..Default::default() }).await.unwrap().into_inner();
+        let mut got = Vec::new();
+        while let Some(msg) = s.message().await.unwrap() {
+            got.extend(msg.events);
+        }
+        assert_eq!(got.len(), 1, "{filter:?}");
+        assert_eq!(got[0].payload, b"an sms");
+    }
     // Payloads never reach the logs.
     assert!(!server.logs().contains("hello from the customer"));
 }
