@@ -198,7 +198,7 @@ async fn read_workload(channel: &Channel) -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     println!(
-        "W2: ReadAll of {events} events ({:.1} MiB of decrypted payload): {:.2} s, {:.0} events/s",
+        "W2: ReadAll of {events} events ({:.1} MiB decrypted): {:.2} s, {:.0} events/s",
         bytes as f64 / (1024.0 * 1024.0),
         elapsed,
         events as f64 / elapsed
