@@ -133,6 +133,16 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     let grpc_task = tokio::spawn(grpc_server);
     let http_task = tokio::spawn(async move { http_server.await });
 
+    for (name, addr) in [("grpc", grpc_addr), ("http", http_addr)] {
+        if !addr.ip().is_loopback() {
+            tracing::warn!(
+                listener = name,
+                addr = %addr,
+                "LISTENING BEYOND LOOPBACK WITHOUT TLS OR AUTHENTICATION: anyone who can reach this \
+                 address can read decrypted customer data; bind to 127.0.0.1 until TLS and tokens are configured"
+            );
+        }
+    }
     let regions: Vec<&str> = config.ledger.regions.iter().map(|r| r.as_str()).collect();
     tracing::info!(
         grpc_addr = %grpc_addr,
