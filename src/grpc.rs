@@ -22,6 +22,7 @@ pub fn status(e: LedgerError) -> Status {
         | ErrorCode::CustomerErased => tonic::Code::FailedPrecondition,
         ErrorCode::DuplicateEventId => tonic::Code::AlreadyExists,
         ErrorCode::NotFound => tonic::Code::NotFound,
+        ErrorCode::OutOfRange => tonic::Code::OutOfRange,
         ErrorCode::IntegrityViolation => tonic::Code::DataLoss,
         ErrorCode::StorePoisoned | ErrorCode::Unavailable => tonic::Code::Unavailable,
         ErrorCode::Internal => tonic::Code::Internal,

@@ -629,6 +629,49 @@ impl Ledger {
         Ok(out)
     }
 
+    /// Reads a persisted Merkle node.
+    fn merkle_node(&self, level: u8, index: u64) -> Result<Hash, LedgerError> {
+        let cf = self.inner.db.cf_handle(store::CF_MERKLE).expect("merkle cf");
+        let bytes = self
+            .inner
+            .db
+            .get_pinned_cf(&cf, store::merkle_key(level, index))?
+            .ok_or_else(|| LedgerError::Integrity(format!("merkle node (level {level}, index {index}) is missing")))?;
+        <Hash>::try_from(&bytes[..]).map_err(|_| LedgerError::Corrupt("merkle node is not 32 bytes".into()))
+    }
+
+    fn check_tree_size(&self, what: &'static str, size: u64) -> Result<(), LedgerError> {
+        let committed = self.committed_size();
+        if size == 0 || size > committed {
+            return Err(LedgerError::OutOfRange { what, reason: format!("must be in 1..={committed}") });
+        }
+        Ok(())
+    }
+
+    /// The Merkle root of the log as it was at `tree_size` events. O(log n) reads.
+    pub fn root_at(&self, tree_size: u64) -> Result<Hash, LedgerError> {
+        self.check_tree_size("tree_size", tree_size)?;
+        crate::merkle::range_root(0, tree_size, &mut |l, i| self.merkle_node(l, i))
+    }
+
+    /// The RFC 9162 inclusion proof of the event at `position` in the tree of `tree_size` events.
+    pub fn inclusion_proof(&self, position: Position, tree_size: u64) -> Result<Vec<Hash>, LedgerError> {
+        self.check_tree_size("tree_size", tree_size)?;
+        if position.0 >= tree_size {
+            return Err(LedgerError::OutOfRange { what: "position", reason: format!("must be below tree_size {tree_size}") });
+        }
+        crate::merkle::inclusion_proof(position.0, tree_size, &mut |l, i| self.merkle_node(l, i))
+    }
+
+    /// The RFC 9162 consistency proof between the trees of `first` and `second` events.
+    pub fn consistency_proof(&self, first: u64, second: u64) -> Result<Vec<Hash>, LedgerError> {
+        self.check_tree_size("second_size", second)?;
+        if first == 0 || first > second {
+            return Err(LedgerError::OutOfRange { what: "first_size", reason: format!("must be in 1..={second}") });
+        }
+        crate::merkle::consistency_proof(first, second, &mut |l, i| self.merkle_node(l, i))
+    }
+
     /// Stops the writer after it has committed everything queued, and waits for it. Appends that
     /// arrive afterwards get `ShuttingDown`.
     pub async fn shutdown(&self) {

@@ -17,6 +17,8 @@ pub enum ErrorCode {
     DuplicateEventId,
     /// The customer, or the thing asked for, does not exist.
     NotFound,
+    /// A position or tree size is beyond the log.
+    OutOfRange,
     /// The customer's region is not served by this node.
     RegionNotServed,
     /// The customer's region does not match the one given.
@@ -42,6 +44,7 @@ impl ErrorCode {
             ErrorCode::WrongExpectedVersion => "ledger.wrong_expected_version",
             ErrorCode::DuplicateEventId => "ledger.duplicate_event_id",
             ErrorCode::NotFound => "ledger.not_found",
+            ErrorCode::OutOfRange => "ledger.out_of_range",
             ErrorCode::RegionNotServed => "ledger.region_not_served",
             ErrorCode::RegionMismatch => "ledger.region_mismatch",
             ErrorCode::CustomerErased => "ledger.customer_erased",
@@ -60,6 +63,7 @@ impl ErrorCode {
             ErrorCode::WrongExpectedVersion | ErrorCode::RegionMismatch => 412,
             ErrorCode::DuplicateEventId => 409,
             ErrorCode::NotFound => 404,
+            ErrorCode::OutOfRange => 416,
             ErrorCode::RegionNotServed => 421,
             ErrorCode::CustomerErased => 410,
             ErrorCode::IntegrityViolation | ErrorCode::Internal => 500,
@@ -114,6 +118,14 @@ pub enum LedgerError {
     NotFound {
         /// What was not found.
         what: &'static str,
+    },
+    /// A position or tree size is beyond the log.
+    #[error("{what} is out of range: {reason}")]
+    OutOfRange {
+        /// The argument at fault.
+        what: &'static str,
+        /// Why, with the bound.
+        reason: String,
     },
     /// The customer's region is not served by this node.
     #[error("region {region} is not served by this node (it serves: {served})")]
@@ -180,6 +192,7 @@ impl LedgerError {
             LedgerError::WrongExpectedVersion { .. } => ErrorCode::WrongExpectedVersion,
             LedgerError::DuplicateEventId { .. } => ErrorCode::DuplicateEventId,
             LedgerError::NotFound { .. } => ErrorCode::NotFound,
+            LedgerError::OutOfRange { .. } => ErrorCode::OutOfRange,
             LedgerError::RegionNotServed { .. } => ErrorCode::RegionNotServed,
             LedgerError::RegionMismatch { .. } => ErrorCode::RegionMismatch,
             LedgerError::CustomerErased { .. } => ErrorCode::CustomerErased,
