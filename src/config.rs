@@ -36,6 +36,9 @@ pub struct ServeArgs {
     /// What to verify on start: `quick` (constant time) or `full` (re-hash every event) [default: quick].
     #[arg(long, env = "LEDGER_STARTUP_CHECK", value_parser = parse_check)]
     pub startup_check: Option<StartupCheck>,
+    /// Origin line of signed tree heads [default: ledgerd/<first 8 bytes of the public key in hex>].
+    #[arg(long, env = "LEDGER_ORIGIN")]
+    pub origin: Option<String>,
     /// Log format: `text` or `json` [default: text].
     #[arg(long, env = "LEDGER_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -59,6 +62,7 @@ struct FileConfig {
     keyring: Option<PathBuf>,
     signing_key: Option<PathBuf>,
     startup_check: Option<StartupCheck>,
+    origin: Option<String>,
     log_format: Option<String>,
     limits: Limits,
     tuning: EngineTuning,
@@ -111,7 +115,13 @@ impl ServeConfig {
             limits: file.limits,
             tuning: file.tuning,
             startup_check: args.startup_check.or(file.startup_check).unwrap_or(StartupCheck::Quick),
+            origin: args.origin.clone().or(file.origin),
         };
+        if let Some(origin) = &ledger.origin {
+            if origin.is_empty() || origin.contains(char::is_whitespace) || origin.contains('+') {
+                bail!("invalid origin: must be non-empty, without spaces or '+'");
+            }
+        }
         Ok(ServeConfig {
             ledger,
             grpc_addr: args.grpc_addr.clone().or(file.grpc_addr).unwrap_or_else(|| "127.0.0.1:50051".into()),

@@ -1,5 +1,6 @@
 //! `ledgerd`: the ledger server and its command-line tools.
 
+mod audit;
 mod bench;
 mod config;
 mod grpc;
@@ -32,6 +33,26 @@ enum Command {
     Serve(config::ServeArgs),
     /// Drive a running server over gRPC and print throughput and latency.
     Bench(bench::BenchArgs),
+    /// Auditor tools.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Print the C2SP verifier key that checks this ledger's signed tree heads. Reads only the
+    /// signing key file, so it works while the server runs.
+    PublicKey {
+        /// The server's data directory (for the default signing key path).
+        #[arg(long, env = "LEDGER_DATA_DIR", default_value = "./data")]
+        data_dir: std::path::PathBuf,
+        /// The signing key file [default: <data-dir>/signing.key].
+        #[arg(long, env = "LEDGER_SIGNING_KEY")]
+        signing_key: Option<std::path::PathBuf>,
+        /// The origin the server uses, if configured.
+        #[arg(long, env = "LEDGER_ORIGIN")]
+        origin: Option<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,6 +67,15 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => {
             init_tracing("text");
             runtime.block_on(bench::run(args))
+        }
+        Command::Audit(AuditCommand::PublicKey { data_dir, signing_key, origin }) => {
+            let path = signing_key.unwrap_or_else(|| data_dir.join("signing.key"));
+            let key = ledger::keys::SigningKey::open(&path)
+                .map_err(|e| anyhow::anyhow!("{e}; start `ledgerd serve` once to create the signing key"))?;
+            let public = key.verifying_key();
+            let origin = ledger::default_origin(origin.as_deref(), &public);
+            println!("{}", ledger::checkpoint::verifier_key(&origin, public.as_bytes()));
+            Ok(())
         }
     }
 }
@@ -108,8 +138,10 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     let ledger_server = proto::v1::ledger_server::LedgerServer::new(service)
         .max_decoding_message_size(max_request)
         .max_encoding_message_size(64 * 1024 * 1024);
+    let audit_server = proto::v1::audit_server::AuditServer::new(audit::AuditService::new(ledger.clone()));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<proto::v1::ledger_server::LedgerServer<grpc::LedgerService>>().await;
+    health_reporter.set_serving::<proto::v1::audit_server::AuditServer<audit::AuditService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -121,6 +153,7 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ledger_server)
+        .add_service(audit_server)
         // Nagle's algorithm with delayed ACKs adds 40 ms stalls to small unary calls.
         .serve_with_incoming_shutdown(TcpIncoming::from(grpc_listener).with_nodelay(Some(true)), async move {
             let _ = grpc_stop.wait_for(|s| *s).await;
@@ -144,6 +177,7 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         }
     }
     let regions: Vec<&str> = config.ledger.regions.iter().map(|r| r.as_str()).collect();
+    tracing::info!(verifier_key = %ledger.verifier_key(), "signed tree heads are checkable with this verifier key");
     tracing::info!(
         grpc_addr = %grpc_addr,
         http_addr = %http_addr,

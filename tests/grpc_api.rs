@@ -251,5 +251,6 @@ async fn health_and_reflection_are_served() {
     let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else { panic!("no service list") };
     let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
     assert!(names.contains(&"ledger.v1.Ledger"), "{names:?}");
+    assert!(names.contains(&"ledger.v1.Audit"), "{names:?}");
     assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
 }

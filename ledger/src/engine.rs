@@ -48,6 +48,9 @@ pub struct LedgerConfig {
     pub tuning: EngineTuning,
     /// What to verify on open.
     pub startup_check: StartupCheck,
+    /// The log's origin line in signed tree heads (and the signing key's name); defaults to
+    /// `ledgerd/<first 8 bytes of the public key in hex>`.
+    pub origin: Option<String>,
 }
 
 impl LedgerConfig {
@@ -61,6 +64,7 @@ impl LedgerConfig {
             limits: Limits::default(),
             tuning: EngineTuning::default(),
             startup_check: StartupCheck::Quick,
+            origin: None,
         }
     }
     /// Where the RocksDB files live.
@@ -288,6 +292,34 @@ impl Ledger {
     /// The ledger's public signing key.
     pub fn public_key(&self) -> ed25519_dalek::VerifyingKey {
         self.inner.signing.verifying_key()
+    }
+
+    /// The origin line of this log's checkpoints.
+    pub fn origin(&self) -> String {
+        default_origin(self.inner.config.origin.as_deref(), &self.public_key())
+    }
+
+    /// The C2SP verifier key auditors use to check this log's signed tree heads.
+    pub fn verifier_key(&self) -> String {
+        crate::checkpoint::verifier_key(&self.origin(), self.public_key().as_bytes())
+    }
+
+    /// The current tree head, signed as a C2SP checkpoint. Returns the checkpoint and the note.
+    pub fn signed_tree_head(&self) -> (crate::checkpoint::Checkpoint, String) {
+        let tree = self.tree();
+        let cp = crate::checkpoint::Checkpoint { origin: self.origin(), size: tree.size, root: tree.root, timestamp_ms: UnixMillis::now().0 };
+        let note = self.inner.signing.sign_note(&cp.to_text(), &cp.origin);
+        (cp, note)
+    }
+
+    /// The stored leaf hash of the event at `position`.
+    pub fn leaf_at(&self, position: Position) -> Result<Hash, LedgerError> {
+        if position.0 >= self.committed_size() {
+            return Err(LedgerError::OutOfRange { what: "position", reason: format!("must be below {}", self.committed_size()) });
+        }
+        let cf = self.inner.db.cf_handle(store::CF_EVENTS).expect("events cf");
+        let bytes = self.inner.db.get_pinned_cf(&cf, store::event_key(position))?.ok_or_else(|| integrity(position, "event is missing"))?;
+        Ok(RecordRef::decode(&bytes)?.leaf)
     }
 
     /// Number of committed events.
@@ -695,6 +727,11 @@ impl Drop for Inner {
             let _ = handle.join();
         }
     }
+}
+
+/// The origin line: the configured one, or one derived from the public key.
+pub fn default_origin(configured: Option<&str>, public: &ed25519_dalek::VerifyingKey) -> String {
+    configured.map_or_else(|| format!("ledgerd/{}", hex::encode(&public.as_bytes()[..8])), str::to_owned)
 }
 
 fn integrity(position: Position, what: &str) -> LedgerError {

@@ -379,15 +379,20 @@ impl std::fmt::Debug for SigningKey {
 }
 
 impl SigningKey {
+    /// Opens an existing key; never creates one.
+    pub fn open(path: &Path) -> Result<Self, LedgerError> {
+        let bytes = read_private_file(path)?;
+        let seed: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| LedgerError::Corrupt(format!("signing key {} is not 32 bytes", path.display())))?;
+        Ok(SigningKey(ed25519_dalek::SigningKey::from_bytes(&seed)))
+    }
+
     /// Opens the key at `path`, creating it (0600) on first start. Returns it and whether it was created.
     pub fn open_or_create(path: &Path) -> Result<(Self, bool), LedgerError> {
         if path.exists() {
-            let bytes = read_private_file(path)?;
-            let seed: [u8; 32] = bytes
-                .as_slice()
-                .try_into()
-                .map_err(|_| LedgerError::Corrupt(format!("signing key {} is not 32 bytes", path.display())))?;
-            Ok((SigningKey(ed25519_dalek::SigningKey::from_bytes(&seed)), false))
+            Ok((Self::open(path)?, false))
         } else {
             let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
             let seed = Zeroizing::new(key.to_bytes());
@@ -399,6 +404,11 @@ impl SigningKey {
     /// The public key.
     pub fn verifying_key(&self) -> ed25519_dalek::VerifyingKey {
         self.0.verifying_key()
+    }
+
+    /// Signs `text` as a C2SP signed note under the key name `name`.
+    pub fn sign_note(&self, text: &str, name: &str) -> String {
+        crate::checkpoint::sign_note(text, name, &self.0)
     }
 }
 
