@@ -21,6 +21,8 @@ pub enum Workload {
     W1b,
     /// ReadAll of the whole log with decryption.
     W2,
+    /// Inclusion proofs for random positions against the current tree head.
+    Proofs,
     /// W1, then W1b, then W2.
     All,
 }
@@ -52,6 +54,9 @@ pub struct BenchArgs {
     /// Events per Append in W1b.
     #[arg(long, default_value_t = 100)]
     pub batch_events: usize,
+    /// Inclusion proofs to request in the proofs workload.
+    #[arg(long, default_value_t = 100_000)]
+    pub proofs: u64,
     /// Region of the customers the benchmark creates.
     #[arg(long, default_value = "eu")]
     pub region: String,
@@ -77,6 +82,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if matches!(w, Workload::W2 | Workload::All) {
         read_workload(&channels[0]).await?;
+    }
+    if w == Workload::Proofs {
+        proof_workload(&args, &channels).await?;
     }
     Ok(())
 }
@@ -202,6 +210,54 @@ async fn read_workload(channel: &Channel) -> anyhow::Result<()> {
         bytes as f64 / (1024.0 * 1024.0),
         elapsed,
         events as f64 / elapsed
+    );
+    Ok(())
+}
+
+async fn proof_workload(args: &BenchArgs, channels: &[Channel]) -> anyhow::Result<()> {
+    use proto::v1::audit_client::AuditClient;
+    let mut audit = AuditClient::new(channels[0].clone());
+    let head = audit.get_tree_head(pb::GetTreeHeadRequest {}).await?.into_inner().tree_head.context("no tree head")?;
+    let size = head.tree_size;
+    anyhow::ensure!(size > 0, "the log is empty: run a write workload first");
+    let next = Arc::new(AtomicU64::new(0));
+    let total = args.proofs;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..args.writers.max(1) {
+        let mut client = AuditClient::new(channels[i % channels.len()].clone());
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies_us: Vec<u32> = Vec::new();
+            let mut proof_bytes = 0u64;
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                let position = rand::thread_rng().gen_range(0..size);
+                let t = Instant::now();
+                let p = client.get_inclusion_proof(pb::GetInclusionProofRequest { position, tree_size: size }).await?.into_inner();
+                latencies_us.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+                proof_bytes += p.hashes.iter().map(|h| h.len() as u64).sum::<u64>();
+            }
+            anyhow::Ok((latencies_us, proof_bytes))
+        }));
+    }
+    let (mut all, mut bytes) = (Vec::new(), 0u64);
+    for t in tasks {
+        let (l, b) = t.await??;
+        all.extend(l);
+        bytes += b;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    println!(
+        "proofs: {} inclusion proofs on a log of {size} events, {} clients: {:.0} proofs/s, latency p50 {:.3} ms, p99 {:.3} ms; mean proof {:.0} bytes (log2 of the size is {:.1}, so {} hashes of 32 bytes at most)",
+        all.len(),
+        args.writers,
+        all.len() as f64 / elapsed,
+        percentile(&all, 0.50),
+        percentile(&all, 0.99),
+        bytes as f64 / all.len().max(1) as f64,
+        (size as f64).log2(),
+        64 - (size - 1).leading_zeros(),
     );
     Ok(())
 }
