@@ -5,6 +5,7 @@ mod bench;
 mod config;
 mod grpc;
 mod http;
+mod verify;
 
 use std::net::SocketAddr;
 
@@ -36,6 +37,8 @@ enum Command {
     /// Auditor tools.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Verify a running ledger against the auditor's last trusted tree head; exit 0 only if it holds.
+    Verify(verify::VerifyArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -67,6 +70,10 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => {
             init_tracing("text");
             runtime.block_on(bench::run(args))
+        }
+        Command::Verify(args) => {
+            let verified = runtime.block_on(verify::run(args))?;
+            std::process::exit(if verified { 0 } else { 1 });
         }
         Command::Audit(AuditCommand::PublicKey { data_dir, signing_key, origin }) => {
             let path = signing_key.unwrap_or_else(|| data_dir.join("signing.key"));

@@ -797,6 +797,8 @@ fn check_store(db: &DB, tree: &TreeState, mode: StartupCheck, quick_events: u64)
         StartupCheck::Quick => tree.size.saturating_sub(quick_events),
     };
     let mut rebuilt = Frontier::default();
+    // Recomputed hashes of the re-hashed range, level by level, to check the stored interior nodes.
+    let mut recomputed: Vec<Hash> = Vec::new();
     iter.seek(store::event_key(Position(from)));
     let mut leaves = db.raw_iterator_cf(&merkle_cf);
     leaves.seek(store::merkle_key(0, from));
@@ -824,11 +826,41 @@ fn check_store(db: &DB, tree: &TreeState, mode: StartupCheck, quick_events: u64)
         if mode == StartupCheck::Full {
             rebuilt.push(leaf, |_, _, _| {});
         }
+        recomputed.push(leaf);
         expected += 1;
         iter.next();
         leaves.next();
     }
     iter.status()?;
+    // Every stored interior node whose leaves were all re-hashed must equal the hash rebuilt from
+    // them; otherwise a record and its level-0 node could be rewritten together unnoticed.
+    let mut level_start = from;
+    let mut level_hashes = recomputed;
+    for level in 1..64u8 {
+        // Pair up children: the first child index at this level must be even.
+        let skip = usize::from(level_start % 2 == 1);
+        let parents: Vec<Hash> =
+            level_hashes[skip..].chunks_exact(2).map(|pair| crate::merkle::node_hash(&pair[0], &pair[1])).collect();
+        if parents.is_empty() {
+            break;
+        }
+        let first_parent = (level_start + skip as u64) / 2;
+        for (offset, hash) in parents.iter().enumerate() {
+            let index = first_parent + offset as u64;
+            let stored = db
+                .get_cf(&merkle_cf, store::merkle_key(level, index))?
+                .ok_or_else(|| refuse(format!("merkle node (level {level}, index {index}) is missing")))?;
+            if stored.as_slice() != hash {
+                let first = index << level;
+                return Err(refuse(format!(
+                    "merkle node (level {level}, index {index}) does not match the events at positions {first}..{}",
+                    first + (1u64 << level)
+                )));
+            }
+        }
+        level_start = first_parent;
+        level_hashes = parents;
+    }
     if mode == StartupCheck::Full && (rebuilt.size() != tree.size || rebuilt.root() != tree.root) {
         return Err(refuse("the root rebuilt from every event does not match the persisted root".into()));
     }
