@@ -5,7 +5,7 @@ use ledger::Ledger;
 use proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use crate::grpc::status;
+use crate::grpc::{blocking, millis_to_pb};
 
 /// The `ledger.v1.Audit` service.
 #[derive(Clone)]
@@ -17,14 +17,6 @@ impl AuditService {
     /// A service over `ledger`.
     pub fn new(ledger: Ledger) -> Self {
         AuditService { ledger }
-    }
-
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(Ledger) -> Result<T, ledger::LedgerError> + Send + 'static,
-    ) -> Result<T, Status> {
-        let ledger = self.ledger.clone();
-        tokio::task::spawn_blocking(move || f(ledger)).await.map_err(|_| Status::internal("proof task failed"))?.map_err(status)
     }
 }
 
@@ -41,10 +33,7 @@ impl pb::audit_server::Audit for AuditService {
                 origin: cp.origin,
                 tree_size: cp.size,
                 root_hash: cp.root.to_vec(),
-                timestamp: Some(prost_types::Timestamp {
-                    seconds: cp.timestamp_ms.div_euclid(1000),
-                    nanos: (cp.timestamp_ms.rem_euclid(1000) * 1_000_000) as i32,
-                }),
+                timestamp: Some(millis_to_pb(ledger::types::UnixMillis(cp.timestamp_ms))),
                 checkpoint: note,
             }),
         }))
@@ -55,8 +44,8 @@ impl pb::audit_server::Audit for AuditService {
         request: Request<pb::GetInclusionProofRequest>,
     ) -> Result<Response<pb::GetInclusionProofResponse>, Status> {
         let req = request.into_inner();
-        let (size, leaf, hashes) = self
-            .blocking(move |l| {
+        let l = self.ledger.clone();
+        let (size, leaf, hashes) = blocking(move || {
                 let size = current_or(req.tree_size, &l);
                 let hashes = l.inclusion_proof(Position(req.position), size)?;
                 Ok((size, l.leaf_at(Position(req.position))?, hashes))
@@ -75,8 +64,8 @@ impl pb::audit_server::Audit for AuditService {
         request: Request<pb::GetConsistencyProofRequest>,
     ) -> Result<Response<pb::GetConsistencyProofResponse>, Status> {
         let req = request.into_inner();
-        let (second, hashes) = self
-            .blocking(move |l| {
+        let l = self.ledger.clone();
+        let (second, hashes) = blocking(move || {
                 let second = current_or(req.second_size, &l);
                 Ok((second, l.consistency_proof(req.first_size, second)?))
             })

@@ -93,7 +93,7 @@ fn millis_from_pb(ts: &prost_types::Timestamp) -> Result<UnixMillis, LedgerError
         .ok_or_else(|| LedgerError::invalid("events.occurred_at", "is out of range"))
 }
 
-fn millis_to_pb(t: UnixMillis) -> prost_types::Timestamp {
+pub(crate) fn millis_to_pb(t: UnixMillis) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: t.0.div_euclid(1000), nanos: (t.0.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
@@ -200,7 +200,7 @@ impl LedgerService {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, LedgerError> + Send + 'static) -> Result<T, Status> {
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, LedgerError> + Send + 'static) -> Result<T, Status> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|_| Status::internal("read task failed"))?
