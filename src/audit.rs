@@ -1,11 +1,20 @@
-//! The gRPC edge of `ledger.v1.Audit`: signed tree heads and RFC 9162 proofs.
+//! The gRPC edge of `ledger.v1.Audit`: signed tree heads, RFC 9162 proofs, audited replay and leaf
+//! hashes for rebuilding roots.
 
-use ledger::types::Position;
-use ledger::Ledger;
+use ledger::access::SYSTEM_CUSTOMER;
+use ledger::types::{CustomerId, Position, StreamName, UnixMillis};
+use ledger::{Ledger, NodeCache, ProvenEvent};
 use proto::v1 as pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::grpc::{blocking, millis_to_pb};
+use crate::grpc::{blocking, blocking_outcome, millis_to_pb, record_access, recorded_to_pb, refuse, status, Caller};
+
+/// Leaf hashes per ListLeafHashes message (32 bytes each).
+const LEAVES_PER_MESSAGE: usize = 4096;
+/// Messages buffered per stream before the server waits for the client.
+const STREAM_BUFFER_MESSAGES: usize = 4;
 
 /// The `ledger.v1.Audit` service.
 #[derive(Clone)]
@@ -20,6 +29,26 @@ impl AuditService {
     }
 }
 
+fn signed_head(ledger: &Ledger) -> pb::SignedTreeHead {
+    let (cp, note) = ledger.signed_tree_head();
+    pb::SignedTreeHead {
+        origin: cp.origin,
+        tree_size: cp.size,
+        root_hash: cp.root.to_vec(),
+        timestamp: Some(millis_to_pb(UnixMillis(cp.timestamp_ms))),
+        checkpoint: note,
+    }
+}
+
+fn proven_to_pb(p: ProvenEvent) -> pb::ProvenEvent {
+    pb::ProvenEvent {
+        event: Some(recorded_to_pb(p.event)),
+        header: p.header,
+        ciphertext_sha256: p.sealed_hash.to_vec(),
+        inclusion_proof: p.proof.iter().map(|h| h.to_vec()).collect(),
+    }
+}
+
 fn current_or(size: u64, ledger: &Ledger) -> u64 {
     if size == 0 { ledger.committed_size() } else { size }
 }
@@ -27,16 +56,7 @@ fn current_or(size: u64, ledger: &Ledger) -> u64 {
 #[tonic::async_trait]
 impl pb::audit_server::Audit for AuditService {
     async fn get_tree_head(&self, _: Request<pb::GetTreeHeadRequest>) -> Result<Response<pb::GetTreeHeadResponse>, Status> {
-        let (cp, note) = self.ledger.signed_tree_head();
-        Ok(Response::new(pb::GetTreeHeadResponse {
-            tree_head: Some(pb::SignedTreeHead {
-                origin: cp.origin,
-                tree_size: cp.size,
-                root_hash: cp.root.to_vec(),
-                timestamp: Some(millis_to_pb(ledger::types::UnixMillis(cp.timestamp_ms))),
-                checkpoint: note,
-            }),
-        }))
+        Ok(Response::new(pb::GetTreeHeadResponse { tree_head: Some(signed_head(&self.ledger)) }))
     }
 
     async fn get_inclusion_proof(
@@ -75,5 +95,114 @@ impl pb::audit_server::Audit for AuditService {
             second_size: second,
             hashes: hashes.iter().map(|h| h.to_vec()).collect(),
         }))
+    }
+
+    type ReplayStream = ReceiverStream<Result<pb::ReplayResponse, Status>>;
+
+    async fn replay(&self, request: Request<pb::ReplayRequest>) -> Result<Response<Self::ReplayStream>, Status> {
+        let caller = Caller::of(&request);
+        let req = request.into_inner();
+        let limits = &self.ledger.config().limits;
+        let customer = CustomerId::parse(&req.customer_id, "customer_id").map_err(status)?;
+        let stream = if req.stream.is_empty() { None } else { Some(StreamName::parse(&req.stream, "stream", limits).map_err(status)?) };
+        if req.to_position != 0 && req.to_position <= req.from_position {
+            return Err(status(ledger::LedgerError::invalid("to_position", "must be 0 or above from_position")));
+        }
+        let mut access = caller.access("ledger.v1.Audit/Replay");
+        access.customer = Some(customer);
+        access.stream = stream.as_ref().map(|s| s.as_str().to_owned());
+        access = access.param("from_position", req.from_position);
+        if req.to_position != 0 {
+            access = access.param("to_position", req.to_position);
+        }
+        if customer != SYSTEM_CUSTOMER {
+            let l = self.ledger.clone();
+            if let Err(e) = blocking_outcome(move || l.check_customer_readable(customer)).await? {
+                return Err(refuse(&self.ledger, access, e).await);
+            }
+        }
+        // The record is written first, so the head below (and every proof) covers it.
+        record_access(&self.ledger, &access).await?;
+        let head = signed_head(&self.ledger);
+        let size = head.tree_size;
+        let to = if req.to_position == 0 { size } else { req.to_position.min(size) };
+        let ledger = self.ledger.clone();
+        let chunk = ledger.config().tuning.read_chunk_events.max(1);
+        let bytes_max = ledger.config().tuning.read_chunk_bytes_max;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER_MESSAGES);
+        tokio::task::spawn_blocking(move || {
+            if tx.blocking_send(Ok(pb::ReplayResponse { tree_head: Some(head), events: Vec::new() })).is_err() {
+                return;
+            }
+            let positions = match ledger.customer_positions(customer, stream.as_ref(), Position(req.from_position), Position(to)) {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(status(e)));
+                    return;
+                }
+            };
+            let mut nodes = NodeCache::default();
+            for group in positions.chunks(chunk) {
+                let events = match ledger.proven_events(group, size, &mut nodes) {
+                    Ok(events) => events,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(status(e)));
+                        return;
+                    }
+                };
+                let mut message = Vec::new();
+                let mut bytes = 0;
+                for p in events {
+                    let size = p.event.approx_bytes() + p.header.len() + 48 * (p.proof.len() + 1);
+                    if !message.is_empty() && bytes + size > bytes_max {
+                        if tx.blocking_send(Ok(pb::ReplayResponse { tree_head: None, events: std::mem::take(&mut message) })).is_err() {
+                            return;
+                        }
+                        bytes = 0;
+                    }
+                    bytes += size;
+                    message.push(proven_to_pb(p));
+                }
+                if !message.is_empty() && tx.blocking_send(Ok(pb::ReplayResponse { tree_head: None, events: message })).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type ListLeafHashesStream = ReceiverStream<Result<pb::ListLeafHashesResponse, Status>>;
+
+    async fn list_leaf_hashes(
+        &self,
+        request: Request<pb::ListLeafHashesRequest>,
+    ) -> Result<Response<Self::ListLeafHashesStream>, Status> {
+        let req = request.into_inner();
+        let committed = self.ledger.committed_size();
+        let to = current_or(req.to_position, &self.ledger);
+        if to > committed {
+            return Err(status(ledger::LedgerError::OutOfRange { what: "to_position", reason: format!("must be at most {committed}") }));
+        }
+        if req.from_position > to {
+            return Err(status(ledger::LedgerError::OutOfRange { what: "from_position", reason: format!("must be at most {to}") }));
+        }
+        let ledger = self.ledger.clone();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER_MESSAGES);
+        tokio::task::spawn_blocking(move || {
+            let mut from = req.from_position;
+            while from < to {
+                let end = to.min(from + LEAVES_PER_MESSAGE as u64);
+                let msg = ledger.leaf_hashes(Position(from), Position(end)).map(|leaves| pb::ListLeafHashesResponse {
+                    first_position: from,
+                    leaf_hashes: leaves.iter().map(|h| h.to_vec()).collect(),
+                });
+                let failed = msg.is_err();
+                if tx.blocking_send(msg.map_err(status)).is_err() || failed {
+                    return;
+                }
+                from = end;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

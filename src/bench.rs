@@ -23,6 +23,10 @@ pub enum Workload {
     W2,
     /// Inclusion proofs for random positions against the current tree head.
     Proofs,
+    /// `--events` events for one customer (W1b-style), an audited Replay of them into a proof
+    /// file, and the offline verification `ledgerd verify --file` runs, timed. Needs
+    /// `--verifier-key`.
+    Replay,
     /// W1, then W1b, then W2.
     All,
 }
@@ -60,6 +64,9 @@ pub struct BenchArgs {
     /// Region of the customers the benchmark creates.
     #[arg(long, default_value = "eu")]
     pub region: String,
+    /// The server's C2SP verifier key (`ledgerd audit public-key`), for the replay workload.
+    #[arg(long, env = "LEDGER_VERIFIER_KEY")]
+    pub verifier_key: Option<String>,
 }
 
 /// Runs the chosen workloads and prints one line of results each.
@@ -86,6 +93,40 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if w == Workload::Proofs {
         proof_workload(&args, &channels).await?;
     }
+    if w == Workload::Replay {
+        replay_workload(&args, &channels).await?;
+    }
+    Ok(())
+}
+
+async fn replay_workload(args: &BenchArgs, channels: &[Channel]) -> anyhow::Result<()> {
+    let vkey = args.verifier_key.clone().context("the replay workload needs --verifier-key (from `ledgerd audit public-key`)")?;
+    let customer = uuid::Uuid::new_v4().to_string();
+    write_workload("replay setup", args, channels, Arc::new(vec![customer.clone()]), args.batch_events.max(1)).await?;
+    let dir = std::env::temp_dir().join(format!("ledgerd-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("replay.jsonl");
+    let started = Instant::now();
+    let replay = crate::proof_file::ReplayArgs { target: args.target.clone(), customer, stream: None, from: 0, to: 0, out: file.clone() };
+    crate::proof_file::replay(replay).await?;
+    let replay_secs = started.elapsed().as_secs_f64();
+    let bytes = std::fs::metadata(&file)?.len();
+    let path = file.clone();
+    let report = tokio::task::spawn_blocking(move || crate::proof_file::verify_file(&path, &vkey)).await??;
+    let _ = std::fs::remove_dir_all(&dir);
+    anyhow::ensure!(report.failures.is_empty(), "the replay did not verify: {:?}", report.failures);
+    let size = report.head.as_ref().map_or(0, |h| h.size);
+    println!(
+        "replay: {} events of one customer with proofs against a log of {size} events: served and written in {:.2} s ({:.0} events/s, {:.0} MiB); \
+         verified offline in {:.2} s ({:.0} events/s on {} threads)",
+        report.events,
+        replay_secs,
+        report.events as f64 / replay_secs,
+        bytes as f64 / (1024.0 * 1024.0),
+        report.seconds,
+        report.events as f64 / report.seconds,
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+    );
     Ok(())
 }
 

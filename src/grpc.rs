@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ledger::types::{Channel, CustomerId, Direction, EventId, EventType, ExpectedVersion, Position, StreamName, StreamVersion, UnixMillis};
+use ledger::access::AccessRecord;
 use ledger::{AppendInput, ErrorCode, EventFilter, Ledger, LedgerError, NewEvent, Payload, RecordedEvent};
 use proto::v1 as pb;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -162,6 +163,59 @@ fn filter_from_pb(f: Option<pb::EventFilter>) -> Result<EventFilter, LedgerError
     Ok(EventFilter { customer, event_types: f.event_types, channels })
 }
 
+/// Who is calling and from where, for access records. There is no authentication yet, so every
+/// caller is `anonymous`; the origin is the peer's socket address.
+#[derive(Clone, Debug)]
+pub(crate) struct Caller {
+    principal: String,
+    origin: String,
+}
+
+impl Caller {
+    pub(crate) fn of<T>(request: &Request<T>) -> Self {
+        Caller {
+            principal: "anonymous".into(),
+            origin: request.remote_addr().map_or_else(|| "unknown".into(), |a| a.to_string()),
+        }
+    }
+
+    /// An access record of `action` by this caller, outcome `granted`.
+    pub(crate) fn access(&self, action: &str) -> AccessRecord {
+        AccessRecord::granted(&self.principal, action, &self.origin)
+    }
+}
+
+/// Writes an access record before any decrypted data is sent. If it cannot be written, the read
+/// does not happen: the caller gets UNAVAILABLE.
+pub(crate) async fn record_access(ledger: &Ledger, record: &AccessRecord) -> Result<(), Status> {
+    ledger.record_access(record).await.map(|_| ()).map_err(|e| {
+        tracing::warn!(action = %record.action, error = %e, "access record could not be written; read refused");
+        Status::unavailable(format!("the access record could not be written, so nothing was read: {e}"))
+    })
+}
+
+/// Records a refused access (the read failed before any data was sent) and returns the error.
+pub(crate) async fn refuse(ledger: &Ledger, mut record: AccessRecord, error: LedgerError) -> Status {
+    record.outcome = error.code().as_str().to_owned();
+    if let Err(e) = ledger.record_access(&record).await {
+        tracing::warn!(action = %record.action, error = %e, "access record of a refused read could not be written");
+    }
+    status(error)
+}
+
+fn filter_params(mut record: AccessRecord, f: &EventFilter) -> AccessRecord {
+    if let Some(c) = f.customer {
+        record.customer = Some(c);
+    }
+    if !f.event_types.is_empty() {
+        record = record.param("filter.event_types", f.event_types.join(","));
+    }
+    if !f.channels.is_empty() {
+        record = record.param("filter.channels", f.channels.iter().map(|c| format!("{c:?}").to_lowercase()).collect::<Vec<_>>().join(","));
+    }
+    record
+}
+
 /// Messages buffered per read or subscription stream before the server waits for the client.
 const STREAM_BUFFER_MESSAGES: usize = 4;
 
@@ -201,10 +255,15 @@ impl LedgerService {
 }
 
 pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, LedgerError> + Send + 'static) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| Status::internal("read task failed"))?
-        .map_err(status)
+    blocking_outcome(f).await?.map_err(status)
+}
+
+/// Runs a blocking engine call; the outer error is a failed task, the inner one the engine's
+/// (kept unmapped, so the caller can record a refused access with its code).
+pub(crate) async fn blocking_outcome<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, LedgerError> + Send + 'static,
+) -> Result<Result<T, LedgerError>, Status> {
+    tokio::task::spawn_blocking(f).await.map_err(|_| Status::internal("read task failed"))
 }
 
 #[tonic::async_trait]
@@ -224,16 +283,34 @@ impl pb::ledger_server::Ledger for LedgerService {
     type ReadStreamStream = ReceiverStream<Result<pb::ReadStreamResponse, Status>>;
 
     async fn read_stream(&self, request: Request<pb::ReadStreamRequest>) -> Result<Response<Self::ReadStreamStream>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let limits = &self.ledger.config().limits;
         let customer = CustomerId::parse(&req.customer_id, "customer_id").map_err(status)?;
         let stream = StreamName::parse(&req.stream, "stream", limits).map_err(status)?;
         let backward = req.direction == pb::ReadDirection::Backward as i32;
+        let mut access = caller.access("ledger.v1.Ledger/ReadStream");
+        access.customer = Some(customer);
+        access.stream = Some(stream.as_str().to_owned());
+        access = access.param("direction", if backward { "backward" } else { "forward" }).param("max_count", req.max_count);
+        if let Some(v) = req.from_version {
+            access = access.param("from_version", v);
+        }
         let ledger = self.ledger.clone();
-        let events = blocking(move || {
+        let read = blocking_outcome(move || {
             ledger.read_stream(customer, &stream, req.from_version.map(StreamVersion), backward, req.max_count as usize)
         })
         .await?;
+        let events = match read {
+            Ok(events) => events,
+            Err(e) => return Err(refuse(&self.ledger, access, e).await),
+        };
+        // The record names exactly what is sent: the count and the positions.
+        access = access.param("events", events.len());
+        if let (Some(first), Some(last)) = (events.first(), events.last()) {
+            access = access.param("positions", format!("{}..={}", first.header.position.0, last.header.position.0));
+        }
+        record_access(&self.ledger, &access).await?;
         let tuning = &self.ledger.config().tuning;
         let parts = chunked(events, tuning.read_chunk_events, tuning.read_chunk_bytes_max);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER_MESSAGES);
@@ -250,10 +327,18 @@ impl pb::ledger_server::Ledger for LedgerService {
     type ReadAllStream = ReceiverStream<Result<pb::ReadAllResponse, Status>>;
 
     async fn read_all(&self, request: Request<pb::ReadAllRequest>) -> Result<Response<Self::ReadAllStream>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let filter = filter_from_pb(req.filter).map_err(status)?;
         let ledger = self.ledger.clone();
         let end = Position(ledger.committed_size());
+        // Written before the first event is read: the log is immutable, so the range, count and
+        // filter determine exactly which events this call can return.
+        let access = filter_params(caller.access("ledger.v1.Ledger/ReadAll"), &filter)
+            .param("from_position", req.from_position)
+            .param("to_position", end.0)
+            .param("max_count", req.max_count);
+        record_access(&ledger, &access).await?;
         let mut remaining = if req.max_count == 0 { u64::MAX } else { req.max_count };
         let chunk = ledger.config().tuning.read_chunk_events.max(1);
         let bytes_max = ledger.config().tuning.read_chunk_bytes_max;
@@ -290,17 +375,30 @@ impl pb::ledger_server::Ledger for LedgerService {
     type SubscribeStream = ReceiverStream<Result<pb::SubscribeResponse, Status>>;
 
     async fn subscribe(&self, request: Request<pb::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let filter = Arc::new(filter_from_pb(req.filter).map_err(status)?);
+        // A subscription's extent is unknown in advance: one record grants it from its start
+        // position before anything is sent, and a closing record says how far it got.
+        let access = filter_params(caller.access("ledger.v1.Ledger/Subscribe"), &filter).param("from_position", req.from_position);
+        record_access(&self.ledger, &access).await?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER_MESSAGES);
         let ledger = self.ledger.clone();
         let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
-            let next = Position(req.from_position);
+            let mut progress = Progress { next: Position(req.from_position), events: 0 };
             let result = tokio::select! {
-                r = follow(ledger, filter, next, tx.clone()) => r,
+                r = follow(ledger.clone(), filter, &mut progress, tx.clone()) => r,
+                _ = tx.closed() => Ok(()),
                 _ = shutdown.wait_for(|s| *s) => Err(Status::unavailable("server shutting down; resubscribe from the last next_position")),
             };
+            let mut end = access.param("delivered_through_position", progress.next.0).param("events", progress.events);
+            end.outcome = "ended".into();
+            end.at_unix_ms = ledger::types::UnixMillis::now().0;
+            if let Err(e) = ledger.record_access(&end).await {
+                // The opening record already covers everything from the start position.
+                tracing::warn!(error = %e, "closing access record of a subscription could not be written");
+            }
             if let Err(s) = result {
                 let _ = tx.send(Err(s)).await;
             }
@@ -313,12 +411,19 @@ impl pb::ledger_server::Ledger for LedgerService {
 /// the committed size is read, so every batch committed after that read is in the receiver: no
 /// gap. Events below `next` are skipped: no duplicate. A subscriber that lags behind the bounded
 /// batch buffer goes back to storage; writers never wait for it.
+/// How far a subscription got: the next position to deliver and the events sent so far.
+struct Progress {
+    next: Position,
+    events: u64,
+}
+
 async fn follow(
     ledger: Ledger,
     filter: Arc<EventFilter>,
-    mut next: Position,
+    progress: &mut Progress,
     tx: mpsc::Sender<Result<pb::SubscribeResponse, Status>>,
 ) -> Result<(), Status> {
+    let mut next = progress.next;
     let chunk = ledger.config().tuning.read_chunk_events.max(1);
     let bytes_max = ledger.config().tuning.read_chunk_bytes_max;
     let mut batches = ledger.subscribe_batches();
@@ -330,10 +435,12 @@ async fn follow(
             let (events, after) = blocking(move || l.read_range(next, committed, chunk, bytes_max, &f)).await?;
             next = after;
             live = false;
+            let sent = events.len() as u64;
             let msg = pb::SubscribeResponse { events: events.into_iter().map(recorded_to_pb).collect(), next_position: next.0, live };
             if tx.send(Ok(msg)).await.is_err() {
                 return Ok(());
             }
+            *progress = Progress { next, events: progress.events + sent };
             continue;
         }
         if !live {
@@ -360,10 +467,12 @@ async fn follow(
                 for (i, part) in parts.into_iter().enumerate() {
                     // Only the last message of a batch may claim the whole batch as examined.
                     let next_position = if i + 1 == count { end.0 } else { part.last().map_or(next.0, |e| e.position + 1) };
+                    let sent = part.len() as u64;
                     let msg = pb::SubscribeResponse { events: part, next_position, live };
                     if tx.send(Ok(msg)).await.is_err() {
                         return Ok(());
                     }
+                    *progress = Progress { next: Position(next_position), events: progress.events + sent };
                 }
                 next = end;
             }

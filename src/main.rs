@@ -5,6 +5,7 @@ mod bench;
 mod config;
 mod grpc;
 mod http;
+mod proof_file;
 mod verify;
 
 use std::net::SocketAddr;
@@ -56,6 +57,9 @@ enum AuditCommand {
         #[arg(long, env = "LEDGER_ORIGIN")]
         origin: Option<String>,
     },
+    /// Replay a customer's (or one stream's) history with inclusion proofs into a proof file that
+    /// `ledgerd verify --file` checks offline. The read is recorded in the ledger's access trail.
+    Replay(proof_file::ReplayArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -75,6 +79,7 @@ fn main() -> anyhow::Result<()> {
             let verified = runtime.block_on(verify::run(args))?;
             std::process::exit(if verified { 0 } else { 1 });
         }
+        Command::Audit(AuditCommand::Replay(args)) => runtime.block_on(proof_file::replay(args)),
         Command::Audit(AuditCommand::PublicKey { data_dir, signing_key, origin }) => {
             let path = signing_key.unwrap_or_else(|| data_dir.join("signing.key"));
             let key = ledger::keys::SigningKey::open(&path)

@@ -67,7 +67,7 @@ async fn append_then_read_back_everything_a_caller_needs() {
     let msg = filtered.message().await.unwrap().unwrap();
     assert_eq!(msg.events.len(), 1);
     assert_eq!(msg.events[0].customer_id, other);
-    assert_eq!(read_all(&mut c).await.len(), 3);
+    assert_eq!(read_customer_events(&mut c).await.len(), 3);
     // Filters by event type and by channel.
     let mut sms = proposed(b"an sms");
     sms.channel = pb::Channel::Sms as i32;
@@ -107,7 +107,7 @@ async fn retries_are_idempotent_and_reused_ids_are_refused() {
     let err = c.append(changed).await.unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
     assert!(err.message().contains(&req.events[1].event_id), "{}", err.message());
-    assert_eq!(read_all(&mut c).await.len(), 3);
+    assert_eq!(read_customer_events(&mut c).await.len(), 3);
 }
 
 #[tokio::test]
@@ -136,7 +136,7 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing() {
     let mut c = server.client().await;
     let customer = new_id();
     c.append(append_req(&customer, "conv", vec![proposed(b"seed")])).await.unwrap();
-    let before = read_all(&mut c).await;
+    let before = read_customer_events(&mut c).await;
 
     let ok = || append_req(&customer, "conv", vec![proposed(b"x")]);
     let mut cases: Vec<(&str, pb::AppendRequest, Code, &str)> = Vec::new();
@@ -191,7 +191,7 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing() {
         assert!(err.message().contains(needle), "{name}: message {:?} should mention {needle:?}", err.message());
         assert!(!err.message().contains("5511912345678"), "{name}: rejected values are not echoed");
     }
-    let after = read_all(&mut c).await;
+    let after = read_customer_events(&mut c).await;
     assert_eq!(after, before, "bad input changed the store");
 
     // Reads of a region this node does not serve are refused too.
@@ -225,7 +225,7 @@ async fn residency_is_enforced_across_nodes() {
     assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
     assert!(err.message().contains("region us is not served"));
     // The global log keeps its positions but does not decrypt the other region's payloads.
-    let all = read_all(&mut c).await;
+    let all = read_customer_events(&mut c).await;
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].payload_state, pb::PayloadState::RegionNotServed as i32);
     assert!(all[0].payload.is_empty());

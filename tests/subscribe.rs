@@ -27,7 +27,8 @@ async fn subscriber_sees_exactly_the_committed_sequence_while_writers_run() {
             }
         }));
     }
-    let expected = 30 + total_new;
+    // Plus one: the subscription's own access record, appended before it starts.
+    let expected = 30 + total_new + 1;
     let mut seen = Vec::new();
     let mut went_live = false;
     while seen.len() < expected {
@@ -64,8 +65,10 @@ async fn a_stalled_subscriber_does_not_block_writers_and_resumes_from_storage() 
         c.append(append_req(&customer, "bulk", events)).await.unwrap();
     }
     // Now read: everything arrives, in order, from storage where the buffer was exceeded.
+    // 6,000 events plus the subscription's own access record at position 0.
+    let total = 6001;
     let mut next = 0u64;
-    while next < 6000 {
+    while next < total {
         let msg = tokio::time::timeout(std::time::Duration::from_secs(60), stalled.message()).await.unwrap().unwrap().unwrap();
         for e in msg.events {
             assert_eq!(e.position, next);
@@ -90,5 +93,5 @@ async fn a_stalled_subscriber_does_not_block_writers_and_resumes_from_storage() 
             break msg;
         }
     };
-    assert_eq!(msg.events[0].position, 6000);
+    assert_eq!(msg.events[0].position, total);
 }

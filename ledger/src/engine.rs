@@ -11,6 +11,7 @@ use std::time::Duration;
 use rocksdb::{Direction as IterDirection, IteratorMode, DB};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::access::{AccessRecord, ACCESS_EVENT_TYPE, ACCESS_SCHEMA_VERSION, ACCESS_STREAM, SYSTEM_CUSTOMER};
 use crate::codec::{EventHeader, PrecommitHeader, RecordRef};
 use crate::error::LedgerError;
 use crate::keys::{generate_dek, CustomerKey, KeyCache, Keyring, SigningKey};
@@ -171,6 +172,42 @@ impl RecordedEvent {
         };
         let metadata: usize = self.header.metadata.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
         payload + metadata + self.header.stream.len() + self.header.event_type.len() + 192
+    }
+}
+
+/// An event with what an offline verifier needs to recompute its leaf and check it against a
+/// signed tree head: the canonical committed header, the ciphertext's hash and the inclusion proof.
+#[derive(Clone, Debug)]
+pub struct ProvenEvent {
+    /// The event, decrypted if its key exists.
+    pub event: RecordedEvent,
+    /// The canonical committed header bytes the leaf hash covers.
+    pub header: Vec<u8>,
+    /// SHA-256 of nonce, ciphertext and tag.
+    pub sealed_hash: Hash,
+    /// The RFC 9162 inclusion proof, leaf to root.
+    pub proof: Vec<Hash>,
+}
+
+/// Merkle nodes already read during one replay. Bounded: it is cleared when full.
+#[derive(Debug, Default)]
+pub struct NodeCache {
+    nodes: std::collections::HashMap<(u8, u64), Hash>,
+}
+
+impl NodeCache {
+    const ENTRIES_MAX: usize = 1 << 16;
+
+    fn get(&mut self, level: u8, index: u64, read: impl FnOnce(u8, u64) -> Result<Hash, LedgerError>) -> Result<Hash, LedgerError> {
+        if let Some(h) = self.nodes.get(&(level, index)) {
+            return Ok(*h);
+        }
+        let h = read(level, index)?;
+        if self.nodes.len() >= Self::ENTRIES_MAX {
+            self.nodes.clear();
+        }
+        self.nodes.insert((level, index), h);
+        Ok(h)
     }
 }
 
@@ -374,8 +411,54 @@ impl Ledger {
     }
 
     /// Appends events to one stream atomically. Returns only after the batch holding them is
-    /// synced; an error means nothing of this append was acknowledged.
+    /// synced; an error means nothing of this append was acknowledged. The system customer's
+    /// streams are the ledger's own and refused here.
     pub async fn append(&self, input: AppendInput) -> Result<AppendOutcome, LedgerError> {
+        if input.customer == SYSTEM_CUSTOMER {
+            return Err(LedgerError::invalid("customer_id", "is reserved for the ledger's system streams"));
+        }
+        self.append_unchecked(input).await
+    }
+
+    /// The region whose KEK wraps the system customer's data key: the first served region.
+    pub fn system_region(&self) -> &Region {
+        &self.inner.config.regions[0]
+    }
+
+    /// Appends an access record to the system stream `audit.access` and returns its position once
+    /// it is durable. Callers write it before they send any decrypted data, so a read that
+    /// happened always has its record; if the record cannot be written the read must not happen.
+    pub async fn record_access(&self, record: &AccessRecord) -> Result<Position, LedgerError> {
+        let limits = &self.inner.config.limits;
+        let payload = serde_json::to_vec(record).expect("an access record serializes");
+        let mut metadata = Metadata::new();
+        metadata.insert("action".into(), truncate(&record.action, limits.metadata_value_bytes_max));
+        metadata.insert("outcome".into(), truncate(&record.outcome, limits.metadata_value_bytes_max));
+        if let Some(c) = record.customer {
+            metadata.insert("customer".into(), c.to_string());
+        }
+        let input = AppendInput {
+            customer: SYSTEM_CUSTOMER,
+            region: Some(self.system_region().clone()),
+            stream: StreamName::parse(ACCESS_STREAM, "stream", limits)?,
+            expected: ExpectedVersion::Any,
+            events: vec![NewEvent {
+                event_id: EventId::new_random(),
+                event_type: EventType::parse(ACCESS_EVENT_TYPE, "event_type", limits)?,
+                channel: Channel::Internal,
+                direction: Direction::Internal,
+                occurred_at: Some(UnixMillis(record.at_unix_ms)),
+                metadata,
+                payload,
+                schema_version: ACCESS_SCHEMA_VERSION,
+            }],
+        };
+        let outcome = self.append_unchecked(input).await;
+        metrics::counter!("ledger_access_records_total", "written" => if outcome.is_ok() { "yes" } else { "no" }).increment(1);
+        Ok(outcome?.first_position)
+    }
+
+    async fn append_unchecked(&self, input: AppendInput) -> Result<AppendOutcome, LedgerError> {
         let limits = &self.inner.config.limits;
         validate_append(&input, limits)?;
         if !self.is_ready() {
@@ -538,6 +621,16 @@ impl Ledger {
 
     /// Decodes and verifies one stored record at `position`; decrypts it if the filter matches.
     fn decode_record(&self, position: Position, bytes: &[u8], filter: Option<&EventFilter>) -> Result<Option<RecordedEvent>, LedgerError> {
+        Ok(self.decode_record_parts(position, bytes, filter)?.map(|(ev, _)| ev))
+    }
+
+    /// `decode_record`, also returning the ciphertext's hash.
+    fn decode_record_parts(
+        &self,
+        position: Position,
+        bytes: &[u8],
+        filter: Option<&EventFilter>,
+    ) -> Result<Option<(RecordedEvent, Hash)>, LedgerError> {
         let rec = RecordRef::decode(bytes).map_err(|e| integrity(position, &e.to_string()))?;
         let header = EventHeader::decode(rec.header).map_err(|e| integrity(position, &e.to_string()))?;
         if filter.is_some_and(|f| !f.matches(&header)) {
@@ -546,7 +639,8 @@ impl Ledger {
         if header.position != position {
             return Err(integrity(position, "header position does not match its key"));
         }
-        if leaf_hash(rec.header, &sha256(rec.sealed)) != rec.leaf {
+        let sealed_hash = sha256(rec.sealed);
+        if leaf_hash(rec.header, &sealed_hash) != rec.leaf {
             return Err(integrity(position, "leaf hash does not match header and ciphertext"));
         }
         let payload = match self.key_for_read(header.customer)? {
@@ -557,7 +651,7 @@ impl Ledger {
             KeyLookup::RegionNotServed => Payload::RegionNotServed,
             KeyLookup::Unknown => return Err(integrity(position, "event of an unknown customer")),
         };
-        Ok(Some(RecordedEvent { header, payload, leaf: rec.leaf }))
+        Ok(Some((RecordedEvent { header, payload, leaf: rec.leaf }, sealed_hash)))
     }
 
     /// Reads one page of a stream. Blocking: call from a blocking context.
@@ -661,6 +755,101 @@ impl Ledger {
         Ok(out)
     }
 
+    /// Checks that `customer` exists and that its region is served here. Blocking.
+    pub fn check_customer_readable(&self, customer: CustomerId) -> Result<(), LedgerError> {
+        let Some(rec) = self.load_customer(customer)? else { return Err(LedgerError::NotFound { what: "customer" }) };
+        self.check_served(&rec.region)
+    }
+
+    /// The positions of a customer's events (of one stream, or of all their streams) in
+    /// `from..to`, in global order. Blocking.
+    pub fn customer_positions(
+        &self,
+        customer: CustomerId,
+        stream: Option<&StreamName>,
+        from: Position,
+        to: Position,
+    ) -> Result<Vec<Position>, LedgerError> {
+        let Some(rec) = self.load_customer(customer)? else { return Err(LedgerError::NotFound { what: "customer" }) };
+        self.check_served(&rec.region)?;
+        let prefix = match stream {
+            Some(s) => store::stream_prefix(customer, s),
+            None => customer.as_bytes().to_vec(),
+        };
+        let cf = self.inner.db.cf_handle(store::CF_STREAMS).expect("streams cf");
+        let mut positions = Vec::new();
+        for item in self.inner.db.prefix_iterator_cf(&cf, &prefix) {
+            let (key, value) = item?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            if stream.is_some() && key.len() != prefix.len() + 8 {
+                continue;
+            }
+            let p = store::be_u64(&value)?;
+            if (from.0..to.0).contains(&p) {
+                positions.push(Position(p));
+            } else if stream.is_some() && p >= to.0 {
+                // One stream's versions are in position order: nothing further can be in range.
+                break;
+            }
+        }
+        positions.sort_unstable();
+        Ok(positions)
+    }
+
+    /// Reads, verifies and decrypts the events at `positions`, each with its inclusion proof in
+    /// the tree of `tree_size` events. `nodes` caches Merkle nodes across calls of one replay:
+    /// neighbouring events share most of their proof. Blocking.
+    pub fn proven_events(&self, positions: &[Position], tree_size: u64, nodes: &mut NodeCache) -> Result<Vec<ProvenEvent>, LedgerError> {
+        self.check_tree_size("tree_size", tree_size)?;
+        let events_cf = self.inner.db.cf_handle(store::CF_EVENTS).expect("events cf");
+        let keys: Vec<_> = positions.iter().map(|p| (&events_cf, store::event_key(*p))).collect();
+        let values = self.inner.db.multi_get_cf(keys);
+        let mut out = Vec::with_capacity(positions.len());
+        for (&position, value) in positions.iter().zip(values) {
+            if position.0 >= tree_size {
+                return Err(LedgerError::OutOfRange { what: "position", reason: format!("must be below tree_size {tree_size}") });
+            }
+            let bytes = value?.ok_or_else(|| integrity(position, "event is missing"))?;
+            let (event, sealed_hash) = self.decode_record_parts(position, &bytes, None)?.expect("no filter");
+            let header = RecordRef::decode(&bytes)?.header.to_vec();
+            let proof = crate::merkle::inclusion_proof(position.0, tree_size, &mut |l, i| nodes.get(l, i, |l, i| self.merkle_node(l, i)))?;
+            out.push(ProvenEvent { event, header, sealed_hash, proof });
+        }
+        Ok(out)
+    }
+
+    /// The leaf hashes of the events in `from..to`, each re-computed from its stored header and
+    /// ciphertext and checked against the stored leaf. Nothing is decrypted. Blocking.
+    pub fn leaf_hashes(&self, from: Position, to: Position) -> Result<Vec<Hash>, LedgerError> {
+        let to = Position(to.0.min(self.committed_size()));
+        let cf = self.inner.db.cf_handle(store::CF_EVENTS).expect("events cf");
+        let mut iter = self.inner.db.raw_iterator_cf(&cf);
+        iter.seek(store::event_key(from));
+        let mut out = Vec::with_capacity(to.0.saturating_sub(from.0) as usize);
+        let mut next = from;
+        while next < to {
+            if !iter.valid() || iter.key().map(store::be_u64).transpose()? != Some(next.0) {
+                iter.status()?;
+                return Err(integrity(next, "event is missing"));
+            }
+            let rec = RecordRef::decode(iter.value().expect("valid iterator has a value")).map_err(|e| integrity(next, &e.to_string()))?;
+            // The committed header ends with the position and the stream version.
+            let named = store::be_u64(&rec.header[rec.header.len() - crate::codec::COMMIT_SUFFIX_BYTES..])?;
+            if named != next.0 {
+                return Err(integrity(next, "header position does not match its key"));
+            }
+            if leaf_hash(rec.header, &sha256(rec.sealed)) != rec.leaf {
+                return Err(integrity(next, "leaf hash does not match header and ciphertext"));
+            }
+            out.push(rec.leaf);
+            next = Position(next.0 + 1);
+            iter.next();
+        }
+        Ok(out)
+    }
+
     /// Reads a persisted Merkle node.
     fn merkle_node(&self, level: u8, index: u64) -> Result<Hash, LedgerError> {
         let cf = self.inner.db.cf_handle(store::CF_MERKLE).expect("merkle cf");
@@ -732,6 +921,15 @@ impl Drop for Inner {
 /// The origin line: the configured one, or one derived from the public key.
 pub fn default_origin(configured: Option<&str>, public: &ed25519_dalek::VerifyingKey) -> String {
     configured.map_or_else(|| format!("ledgerd/{}", hex::encode(&public.as_bytes()[..8])), str::to_owned)
+}
+
+/// `text` cut to at most `max` bytes at a character boundary.
+fn truncate(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
 }
 
 fn integrity(position: Position, what: &str) -> LedgerError {

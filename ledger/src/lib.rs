@@ -3,6 +3,7 @@
 //! Architecture invariant: this crate never sees prost or tonic types; the gRPC edge converts.
 //! See `ARCHITECTURE.md` at the repository root for the write path and the recovery rule.
 
+pub mod access;
 pub mod checkpoint;
 pub mod codec;
 mod engine;
@@ -14,7 +15,10 @@ pub mod store;
 pub mod types;
 mod writer;
 
-pub use engine::{default_origin, AppendInput, EventFilter, Ledger, LedgerConfig, NewEvent, OpenReport, Payload, RecordedEvent, StartupCheck};
+pub use engine::{
+    default_origin, AppendInput, EventFilter, Ledger, LedgerConfig, NewEvent, NodeCache, OpenReport, Payload, ProvenEvent, RecordedEvent,
+    StartupCheck,
+};
 pub use error::{ErrorCode, LedgerError};
 pub use limits::{EngineTuning, Limits};
 pub use writer::{AppendOutcome, CommittedBatch};

@@ -171,6 +171,13 @@ pub async fn read_all(client: &mut LedgerClient<Channel>) -> Vec<pb::RecordedEve
     out
 }
 
+/// Reads the whole log through ReadAll, leaving out the ledger's own system events (the access
+/// records that every decrypting read, this one included, appends).
+pub async fn read_customer_events(client: &mut LedgerClient<Channel>) -> Vec<pb::RecordedEvent> {
+    let system = ledger::access::SYSTEM_CUSTOMER.to_string();
+    read_all(client).await.into_iter().filter(|e| e.customer_id != system).collect()
+}
+
 pub async fn read_stream(client: &mut LedgerClient<Channel>, customer: &str, stream: &str) -> Vec<pb::RecordedEvent> {
     let req = pb::ReadStreamRequest { customer_id: customer.into(), stream: stream.into(), max_count: 1000, ..Default::default() };
     let mut s = client.read_stream(req).await.unwrap().into_inner();
