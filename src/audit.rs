@@ -29,7 +29,7 @@ impl AuditService {
     }
 }
 
-fn signed_head(ledger: &Ledger) -> pb::SignedTreeHead {
+pub(crate) fn signed_head(ledger: &Ledger) -> pb::SignedTreeHead {
     let (cp, note) = ledger.signed_tree_head();
     pb::SignedTreeHead {
         origin: cp.origin,
@@ -40,7 +40,7 @@ fn signed_head(ledger: &Ledger) -> pb::SignedTreeHead {
     }
 }
 
-fn proven_to_pb(p: ProvenEvent) -> pb::ProvenEvent {
+pub(crate) fn proven_to_pb(p: ProvenEvent) -> pb::ProvenEvent {
     pb::ProvenEvent {
         event: Some(recorded_to_pb(p.event)),
         header: p.header,

@@ -66,6 +66,7 @@ struct FileConfig {
     log_format: Option<String>,
     limits: Limits,
     tuning: EngineTuning,
+    erasure: erasure::ErasureConfig,
 }
 
 /// The resolved configuration of a server.
@@ -79,6 +80,8 @@ pub struct ServeConfig {
     pub http_addr: String,
     /// `text` or `json`.
     pub log_format: String,
+    /// Downstream systems notified of erasures, and the outbox's retry bounds.
+    pub erasure: erasure::ErasureConfig,
 }
 
 impl ServeConfig {
@@ -127,6 +130,10 @@ impl ServeConfig {
             grpc_addr: args.grpc_addr.clone().or(file.grpc_addr).unwrap_or_else(|| "127.0.0.1:50051".into()),
             http_addr: args.http_addr.clone().or(file.http_addr).unwrap_or_else(|| "127.0.0.1:8080".into()),
             log_format,
+            erasure: {
+                file.erasure.validate().map_err(|e| anyhow::anyhow!("invalid {e}"))?;
+                file.erasure
+            },
         })
     }
 }

@@ -3,8 +3,10 @@
 mod audit;
 mod bench;
 mod config;
+mod dpo;
 mod grpc;
 mod http;
+mod privacy;
 mod proof_file;
 mod verify;
 
@@ -38,8 +40,16 @@ enum Command {
     /// Auditor tools.
     #[command(subcommand)]
     Audit(AuditCommand),
-    /// Verify a running ledger against the auditor's last trusted tree head; exit 0 only if it holds.
+    /// Verify a running ledger against the auditor's last trusted tree head, or a proof file
+    /// (replay or export) offline; exit 0 only if it holds.
     Verify(verify::VerifyArgs),
+    /// Erase a customer (crypto-shredding), show an erasure's status, or retry dead letters.
+    Erase(dpo::EraseArgs),
+    /// Export a customer (GDPR Art. 15/20) or a whole region to a verifiable proof file.
+    Export(proof_file::ExportArgs),
+    /// Rotate, destroy and list a region's key-encryption keys.
+    #[command(subcommand)]
+    Keys(dpo::KeysCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -80,6 +90,9 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(if verified { 0 } else { 1 });
         }
         Command::Audit(AuditCommand::Replay(args)) => runtime.block_on(proof_file::replay(args)),
+        Command::Erase(args) => runtime.block_on(dpo::erase(args)),
+        Command::Export(args) => runtime.block_on(proof_file::export(args)),
+        Command::Keys(cmd) => runtime.block_on(dpo::keys(cmd)),
         Command::Audit(AuditCommand::PublicKey { data_dir, signing_key, origin }) => {
             let path = signing_key.unwrap_or_else(|| data_dir.join("signing.key"));
             let key = ledger::keys::SigningKey::open(&path)
@@ -150,10 +163,18 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     let ledger_server = proto::v1::ledger_server::LedgerServer::new(service)
         .max_decoding_message_size(max_request)
         .max_encoding_message_size(64 * 1024 * 1024);
-    let audit_server = proto::v1::audit_server::AuditServer::new(audit::AuditService::new(ledger.clone()));
+    let audit_server = proto::v1::audit_server::AuditServer::new(audit::AuditService::new(ledger.clone()))
+        .max_encoding_message_size(64 * 1024 * 1024);
+    let eraser = erasure::Eraser::open(ledger.clone(), config.erasure.clone()).map_err(|e| anyhow::anyhow!("refusing to serve: {e}"))?;
+    eraser.start(shutdown_rx.clone());
+    let privacy_server = proto::v1::privacy_server::PrivacyServer::new(privacy::PrivacyService::new(ledger.clone(), eraser))
+        .max_encoding_message_size(64 * 1024 * 1024);
+    let admin_server = proto::v1::admin_server::AdminServer::new(privacy::AdminService::new(ledger.clone()));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<proto::v1::ledger_server::LedgerServer<grpc::LedgerService>>().await;
     health_reporter.set_serving::<proto::v1::audit_server::AuditServer<audit::AuditService>>().await;
+    health_reporter.set_serving::<proto::v1::privacy_server::PrivacyServer<privacy::PrivacyService>>().await;
+    health_reporter.set_serving::<proto::v1::admin_server::AdminServer<privacy::AdminService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -166,6 +187,8 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         .add_service(reflection)
         .add_service(ledger_server)
         .add_service(audit_server)
+        .add_service(privacy_server)
+        .add_service(admin_server)
         // Nagle's algorithm with delayed ACKs adds 40 ms stalls to small unary calls.
         .serve_with_incoming_shutdown(TcpIncoming::from(grpc_listener).with_nodelay(Some(true)), async move {
             let _ = grpc_stop.wait_for(|s| *s).await;

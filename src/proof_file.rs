@@ -36,8 +36,14 @@ pub const FORMAT: &str = "ledgerd-proof/1";
 /// What was asked for: the verifier checks every event against it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Scope {
-    /// The customer.
-    pub customer_id: String,
+    /// `replay` (Audit.Replay), `customer` (a customer export) or `region` (a region export).
+    pub kind: String,
+    /// The customer, for a replay or a customer export.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<String>,
+    /// The region, for a region export.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     /// One stream, or every stream of the customer when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<String>,
@@ -66,6 +72,12 @@ pub enum Line {
     End {
         /// Number of event lines.
         events: u64,
+        /// Number of customers (exports).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        customers: Option<u64>,
+        /// Events whose payload is gone because the customer was erased.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        erased_events: Option<u64>,
     },
 }
 
@@ -75,6 +87,8 @@ pub enum Line {
 pub struct FileEvent {
     /// Global position (leaf index).
     pub position: u64,
+    /// The leaf hash, hex: SHA-256(0x00 || header || ciphertext hash).
+    pub leaf_hash: String,
     /// Canonical committed header, base64.
     pub header: String,
     /// SHA-256 of nonce, ciphertext and tag, hex.
@@ -91,9 +105,24 @@ pub struct FileEvent {
     pub event_id: String,
     /// Readable copy of the header's event type.
     pub event_type: String,
+    /// Readable copy of the header's channel (`whatsapp`, `sms`, ...).
+    pub channel: String,
+    /// Readable copy of the header's direction (`inbound`, `outbound`, `internal`).
+    pub direction: String,
+    /// Readable copy of when it happened at its source (RFC 3339).
+    pub occurred_at: String,
+    /// Readable copy of when the ledger recorded it (RFC 3339).
+    pub recorded_at: String,
+    /// Readable copy of the header's metadata.
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// Readable copy of the header's payload schema version.
+    pub schema_version: u32,
     /// `available`, `erased` or `region_not_served`.
     pub payload_state: String,
-    /// The decrypted payload, base64, when available.
+    /// The decrypted payload as text, when it is UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_text: Option<String>,
+    /// The decrypted payload, base64, when it is available but not UTF-8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<String>,
 }
@@ -107,8 +136,15 @@ impl FileEvent {
             Ok(pb::PayloadState::RegionNotServed) => "region_not_served",
             _ => "unknown",
         };
+        let available = state == "available";
+        let (payload_text, payload) = match String::from_utf8(ev.payload) {
+            Ok(text) if available => (Some(text), None),
+            Err(e) if available => (None, Some(B64.encode(e.as_bytes()))),
+            _ => (None, None),
+        };
         Ok(FileEvent {
             position: ev.position,
+            leaf_hash: hex::encode(&ev.leaf_hash),
             header: B64.encode(&p.header),
             ciphertext_sha256: hex::encode(&p.ciphertext_sha256),
             inclusion_proof: p.inclusion_proof.iter().map(|h| B64.encode(h)).collect(),
@@ -117,10 +153,21 @@ impl FileEvent {
             stream_version: ev.stream_version,
             event_id: ev.event_id,
             event_type: ev.event_type,
+            channel: pb::Channel::try_from(ev.channel).map_or("unknown", |c| c.as_str_name()).trim_start_matches("CHANNEL_").to_lowercase(),
+            direction: pb::Direction::try_from(ev.direction).map_or("unknown", |d| d.as_str_name()).trim_start_matches("DIRECTION_").to_lowercase(),
+            occurred_at: timestamp_text(ev.occurred_at.as_ref()),
+            recorded_at: timestamp_text(ev.recorded_at.as_ref()),
+            metadata: ev.metadata.into_iter().collect(),
+            schema_version: ev.schema_version,
             payload_state: state.into(),
-            payload: (state == "available").then(|| B64.encode(&ev.payload)),
+            payload_text,
+            payload,
         })
     }
+}
+
+fn timestamp_text(t: Option<&prost_types::Timestamp>) -> String {
+    t.map_or_else(String::new, |t| erasure::rfc3339_millis(t.seconds * 1000 + i64::from(t.nanos / 1_000_000)))
 }
 
 /// Options of `ledgerd audit replay`.
@@ -146,14 +193,69 @@ pub struct ReplayArgs {
     pub out: PathBuf,
 }
 
+/// Writes a proof file: to a temporary name, 0600, synced, then renamed. Prints progress to
+/// stderr every two seconds, never a payload.
+pub struct ProofFileWriter {
+    out: std::io::BufWriter<std::fs::File>,
+    tmp: PathBuf,
+    path: PathBuf,
+    label: &'static str,
+    events: u64,
+    head_size: Option<u64>,
+    started: Instant,
+    last_report: Instant,
+}
+
+impl ProofFileWriter {
+    /// Starts a file at `path`.
+    pub fn create(path: &Path, label: &'static str) -> anyhow::Result<Self> {
+        let tmp = path.with_extension("partial");
+        let out = std::io::BufWriter::with_capacity(1 << 20, create_private(&tmp)?);
+        let now = Instant::now();
+        Ok(ProofFileWriter { out, tmp, path: path.to_owned(), label, events: 0, head_size: None, started: now, last_report: now })
+    }
+
+    /// Writes the head line; it must come first, once.
+    pub fn head(&mut self, scope: &Scope, head: pb::SignedTreeHead) -> anyhow::Result<()> {
+        anyhow::ensure!(self.head_size.is_none(), "the server sent a second tree head");
+        self.head_size = Some(head.tree_size);
+        write_line(&mut self.out, &Line::Head { format: FORMAT.into(), request: scope.clone(), checkpoint: head.checkpoint })
+    }
+
+    /// Writes event lines.
+    pub fn events(&mut self, events: Vec<pb::ProvenEvent>) -> anyhow::Result<()> {
+        anyhow::ensure!(self.head_size.is_some() || events.is_empty(), "the server sent events before the tree head");
+        for p in events {
+            write_line(&mut self.out, &Line::Event(Box::new(FileEvent::from_pb(p)?)))?;
+            self.events += 1;
+        }
+        if self.last_report.elapsed().as_secs() >= 2 {
+            let rate = self.events as f64 / self.started.elapsed().as_secs_f64();
+            eprintln!("{}: {} events written ({rate:.0} events/s)", self.label, self.events);
+            self.last_report = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Writes the end line, syncs and renames. Returns (events, head size, seconds).
+    pub fn finish(mut self, customers: Option<u64>, erased_events: Option<u64>) -> anyhow::Result<(u64, u64, f64)> {
+        let size = self.head_size.context("the server sent no tree head")?;
+        write_line(&mut self.out, &Line::End { events: self.events, customers, erased_events })?;
+        let file = self.out.into_inner().map_err(|e| e.into_error()).context("writing the proof file")?;
+        file.sync_all().context("syncing the proof file")?;
+        std::fs::rename(&self.tmp, &self.path).with_context(|| format!("renaming to {}", self.path.display()))?;
+        Ok((self.events, size, self.started.elapsed().as_secs_f64()))
+    }
+}
+
+async fn connect(target: &str) -> anyhow::Result<tonic::transport::Channel> {
+    tonic::transport::Channel::from_shared(target.to_owned())?.connect().await.with_context(|| format!("connecting to {target}"))
+}
+
 /// Runs an audited Replay and writes it to a proof file. Prints progress and a summary to stderr,
 /// never a payload.
 pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
-    let channel = tonic::transport::Channel::from_shared(args.target.clone())?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {}", args.target))?;
-    let mut audit = pb::audit_client::AuditClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+    let mut audit = pb::audit_client::AuditClient::new(connect(&args.target).await?).max_decoding_message_size(64 * 1024 * 1024);
     let request = pb::ReplayRequest {
         customer_id: args.customer.clone(),
         stream: args.stream.clone().unwrap_or_default(),
@@ -161,39 +263,87 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         to_position: args.to,
     };
     let mut stream = audit.replay(request).await.map_err(|s| anyhow::anyhow!("replay refused: {}", s.message()))?.into_inner();
-    let tmp = args.out.with_extension("partial");
-    let file = create_private(&tmp)?;
-    let mut out = std::io::BufWriter::new(file);
-    let scope = Scope { customer_id: args.customer, stream: args.stream, from_position: args.from, to_position: args.to };
-    let mut events = 0u64;
-    let mut head_size = None;
-    let started = Instant::now();
-    let mut last_report = Instant::now();
-    while let Some(msg) = stream.message().await.map_err(|s| anyhow::anyhow!("replay failed after {events} events: {}", s.message()))? {
+    let scope = Scope {
+        kind: "replay".into(),
+        customer_id: Some(args.customer),
+        region: None,
+        stream: args.stream,
+        from_position: args.from,
+        to_position: args.to,
+    };
+    let mut file = ProofFileWriter::create(&args.out, "replay")?;
+    while let Some(msg) = stream.message().await.map_err(|s| anyhow::anyhow!("replay failed after {} events: {}", file.events, s.message()))? {
         if let Some(head) = msg.tree_head {
-            anyhow::ensure!(head_size.is_none(), "the server sent a second tree head");
-            head_size = Some(head.tree_size);
-            write_line(&mut out, &Line::Head { format: FORMAT.into(), request: scope.clone(), checkpoint: head.checkpoint })?;
+            file.head(&scope, head)?;
         }
-        anyhow::ensure!(head_size.is_some() || msg.events.is_empty(), "the server sent events before the tree head");
-        for p in msg.events {
-            write_line(&mut out, &Line::Event(Box::new(FileEvent::from_pb(p)?)))?;
-            events += 1;
+        file.events(msg.events)?;
+    }
+    let (events, size, secs) = file.finish(None, None)?;
+    eprintln!(
+        "replay: wrote {events} events with inclusion proofs against the signed head of size {size} to {} in {secs:.1} s",
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// Options of `ledgerd export`.
+#[derive(Args, Debug, Clone)]
+pub struct ExportArgs {
+    /// The server's gRPC endpoint.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub target: String,
+    /// Export this customer (GDPR Art. 15/20).
+    #[arg(long, conflicts_with = "region", required_unless_present = "region")]
+    pub customer: Option<String>,
+    /// Export every customer of this region (migration, regulator).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// The file to write (owner-only permissions: it holds decrypted personal data).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Runs an export and writes it to a proof file that `ledgerd verify --file` accepts.
+pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
+    let mut privacy = pb::privacy_client::PrivacyClient::new(connect(&args.target).await?).max_decoding_message_size(64 * 1024 * 1024);
+    let refused = |s: tonic::Status| anyhow::anyhow!("export refused: {}", s.message());
+    match (&args.customer, &args.region) {
+        (Some(c), _) => {
+            let s = privacy.export_customer(pb::ExportCustomerRequest { customer_id: c.clone() }).await.map_err(refused)?.into_inner();
+            let scope = Scope { kind: "customer".into(), customer_id: Some(c.clone()), ..Default::default() };
+            write_export(s, |m: pb::ExportCustomerResponse| m.chunk.unwrap_or_default(), &scope, &args.out).await
         }
-        if last_report.elapsed().as_secs() >= 2 {
-            eprintln!("replay: {events} events written");
-            last_report = Instant::now();
+        (None, Some(r)) => {
+            let s = privacy.export_region(pb::ExportRegionRequest { region: r.clone() }).await.map_err(refused)?.into_inner();
+            let scope = Scope { kind: "region".into(), region: Some(r.clone()), ..Default::default() };
+            write_export(s, |m: pb::ExportRegionResponse| m.chunk.unwrap_or_default(), &scope, &args.out).await
+        }
+        (None, None) => anyhow::bail!("give --customer or --region"),
+    }
+}
+
+async fn write_export<M>(mut stream: tonic::Streaming<M>, chunk_of: fn(M) -> pb::ExportChunk, scope: &Scope, out: &Path) -> anyhow::Result<()> {
+    let mut file = ProofFileWriter::create(out, "export")?;
+    let mut summary = None;
+    while let Some(msg) = stream.message().await.map_err(|s| anyhow::anyhow!("export failed after {} events: {}", file.events, s.message()))? {
+        let chunk = chunk_of(msg);
+        if let Some(head) = chunk.tree_head {
+            file.head(scope, head)?;
+        }
+        file.events(chunk.events)?;
+        if chunk.summary.is_some() {
+            summary = chunk.summary;
         }
     }
-    let size = head_size.context("the server sent no tree head")?;
-    write_line(&mut out, &Line::End { events })?;
-    let file = out.into_inner().map_err(|e| e.into_error()).context("writing the replay file")?;
-    file.sync_all().context("syncing the replay file")?;
-    std::fs::rename(&tmp, &args.out).with_context(|| format!("renaming to {}", args.out.display()))?;
+    let summary = summary.context("the export ended without its summary: it is incomplete")?;
+    anyhow::ensure!(summary.events == file.events, "the server reported {} events but sent {}", summary.events, file.events);
+    let (events, size, secs) = file.finish(Some(summary.customers), Some(summary.erased_events))?;
     eprintln!(
-        "replay: wrote {events} events with inclusion proofs against the signed head of size {size} to {} in {:.1} s",
-        args.out.display(),
-        started.elapsed().as_secs_f64()
+        "export: wrote {events} events of {} customer(s) ({} erased) with proofs against the signed head of size {size} to {} in {secs:.1} s ({:.0} events/s)",
+        summary.customers,
+        summary.erased_events,
+        out.display(),
+        events as f64 / secs.max(1e-9)
     );
     Ok(())
 }
@@ -244,6 +394,7 @@ fn fail(report: &mut FileReport, why: String) {
 struct Checked {
     line: u64,
     position: u64,
+    leaf_matches: bool,
     customer: String,
     stream: String,
     version: u64,
@@ -253,7 +404,8 @@ struct Checked {
 /// Checks one event line against the head: the leaf from the header and ciphertext hash, the
 /// inclusion proof, and the readable fields against the signed header.
 fn check_event(line_no: u64, text: &str, head: &Checkpoint) -> Checked {
-    let mut c = Checked { line: line_no, position: u64::MAX, customer: String::new(), stream: String::new(), version: 0, error: None };
+    let mut c =
+        Checked { line: line_no, position: u64::MAX, leaf_matches: true, customer: String::new(), stream: String::new(), version: 0, error: None };
     let ev = match serde_json::from_str::<Line>(text) {
         Ok(Line::Event(ev)) => ev,
         Ok(Line::Head { .. }) => {
@@ -294,6 +446,7 @@ fn check_event(line_no: u64, text: &str, head: &Checkpoint) -> Checked {
         }
     }
     let leaf = leaf_hash(&header, &sealed_hash);
+    c.leaf_matches = hex::encode(leaf) == ev.leaf_hash;
     if !verify_inclusion(ev.position, head.size, &leaf, &proof, &head.root) {
         c.error = fail(format!(
             "its leaf (recomputed from header and ciphertext hash) is not proven in the signed tree of size {}",
@@ -315,6 +468,13 @@ fn check_event(line_no: u64, text: &str, head: &Checkpoint) -> Checked {
         ("stream_version", decoded.stream_version.0 != ev.stream_version),
         ("event_id", decoded.event_id.to_string() != ev.event_id),
         ("event_type", decoded.event_type != ev.event_type),
+        ("schema_version", decoded.schema_version != ev.schema_version),
+        ("channel", format!("{:?}", decoded.channel).to_lowercase() != ev.channel),
+        ("direction", format!("{:?}", decoded.direction).to_lowercase() != ev.direction),
+        ("occurred_at", erasure::rfc3339_millis(decoded.occurred_at.0) != ev.occurred_at),
+        ("recorded_at", erasure::rfc3339_millis(decoded.recorded_at.0) != ev.recorded_at),
+        ("metadata", decoded.metadata != ev.metadata),
+        ("leaf_hash", !c.leaf_matches),
     ];
     if let Some((field, _)) = mismatched.iter().find(|(_, bad)| *bad) {
         c.error = fail(format!("the readable {field} does not match the signed header"));
@@ -349,7 +509,10 @@ pub fn verify_file(path: &Path, verifier_key: &str) -> anyhow::Result<FileReport
     };
     let to = if scope.to_position == 0 { head.size } else { scope.to_position.min(head.size) };
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut versions: HashMap<String, u64> = HashMap::new();
+    // Per (customer, stream): the last version seen. Customers must come in one run each.
+    let mut versions: HashMap<(String, String), u64> = HashMap::new();
+    let mut finished_customers: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut current_customer: Option<String> = None;
     let mut last_position: Option<u64> = None;
     let mut end_count: Option<u64> = None;
     let mut line_no = 1u64;
@@ -369,7 +532,7 @@ pub fn verify_file(path: &Path, verifier_key: &str) -> anyhow::Result<FileReport
             }
             if text.starts_with("{\"type\":\"end\"") {
                 match serde_json::from_str::<Line>(&text) {
-                    Ok(Line::End { events }) => end_count = Some(events),
+                    Ok(Line::End { events, .. }) => end_count = Some(events),
                     _ => fail(&mut report, format!("line {line_no}: a malformed end line")),
                 }
                 continue;
@@ -392,6 +555,16 @@ pub fn verify_file(path: &Path, verifier_key: &str) -> anyhow::Result<FileReport
                 continue;
             }
             let at = format!("event at position {} (line {})", c.position, c.line);
+            if current_customer.as_deref() != Some(c.customer.as_str()) {
+                if let Some(done) = current_customer.take() {
+                    finished_customers.insert(done);
+                }
+                if finished_customers.contains(&c.customer) {
+                    fail(&mut report, format!("{at}: its customer's events are not in one run"));
+                }
+                current_customer = Some(c.customer.clone());
+                last_position = None;
+            }
             if last_position.is_some_and(|p| c.position <= p) {
                 fail(&mut report, format!("{at}: out of order (positions must increase)"));
             }
@@ -399,19 +572,20 @@ pub fn verify_file(path: &Path, verifier_key: &str) -> anyhow::Result<FileReport
             if c.position < scope.from_position || c.position >= to {
                 fail(&mut report, format!("{at}: outside the requested positions {}..{to}", scope.from_position));
             }
-            if c.customer != scope.customer_id || scope.stream.as_ref().is_some_and(|s| *s != c.stream) {
+            if scope.customer_id.as_ref().is_some_and(|id| *id != c.customer) || scope.stream.as_ref().is_some_and(|s| *s != c.stream) {
                 fail(&mut report, format!("{at}: belongs to another customer or stream than the file claims"));
             }
-            match versions.get(&c.stream) {
+            let key = (c.customer, c.stream);
+            match versions.get(&key) {
                 Some(&v) if c.version != v + 1 => {
-                    fail(&mut report, format!("{at}: stream {} jumps from version {v} to {}: events are missing", c.stream, c.version))
+                    fail(&mut report, format!("{at}: stream {} jumps from version {v} to {}: events are missing", key.1, c.version))
                 }
                 None if scope.from_position == 0 && c.version != 0 => {
-                    fail(&mut report, format!("{at}: stream {} starts at version {}: its first events are missing", c.stream, c.version))
+                    fail(&mut report, format!("{at}: stream {} starts at version {}: its first events are missing", key.1, c.version))
                 }
                 _ => {}
             }
-            versions.insert(c.stream, c.version);
+            versions.insert(key, c.version);
         }
     }
     match end_count {

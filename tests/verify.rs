@@ -19,16 +19,6 @@ fn verify(server: &Server, vkey: &str, state: &Path, full: bool) -> Output {
     cmd.output().unwrap()
 }
 
-fn stdout(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-fn public_key(data_dir: &Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_ledgerd")).args(["audit", "public-key", "--data-dir"]).arg(data_dir).output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 async fn append_some(server: &Server, n: usize, tag: &str) {
     let mut c = server.client().await;
     for i in 0..n {
@@ -45,11 +35,11 @@ async fn honest_growth_verifies_and_a_rewritten_event_fails() {
     let vkey = public_key(dir.path());
     append_some(&server, 10, "first").await;
     let o = verify(&server, &vkey, &state, true);
-    assert!(o.status.success(), "{}", stdout(&o));
+    assert!(o.status.success(), "{}", text(&o));
     append_some(&server, 5, "more").await;
     let o = verify(&server, &vkey, &state, true);
-    assert!(o.status.success(), "{}", stdout(&o));
-    assert!(stdout(&o).contains("extends the trusted head (size 10)"), "{}", stdout(&o));
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("extends the trusted head (size 10)"), "{}", text(&o));
     let trusted = std::fs::read(&state).unwrap();
     assert!(server.terminate().success());
 
@@ -79,8 +69,8 @@ async fn honest_growth_verifies_and_a_rewritten_event_fails() {
     }
     let server = Server::start_in(dir.path(), &["--startup-check", "full"]);
     let o = verify(&server, &vkey, &state, true);
-    assert!(!o.status.success(), "a rewritten event verified:\n{}", stdout(&o));
-    assert!(stdout(&o).contains("log rewritten: same size 15"), "{}", stdout(&o));
+    assert!(!o.status.success(), "a rewritten event verified:\n{}", text(&o));
+    assert!(text(&o).contains("log rewritten: same size 15"), "{}", text(&o));
     assert_eq!(std::fs::read(&state).unwrap(), trusted, "a failed run leaves the trusted state unchanged");
 }
 
@@ -93,7 +83,7 @@ async fn a_forked_or_truncated_log_signed_with_the_same_key_fails() {
     let vkey = public_key(honest_dir.path());
     append_some(&honest, 8, "honest").await;
     let o = verify(&honest, &vkey, &state, false);
-    assert!(o.status.success(), "{}", stdout(&o));
+    assert!(o.status.success(), "{}", text(&o));
     drop(honest);
 
     // Another history, signed with a copy of the same key: first longer (a fork), then shorter.
@@ -104,7 +94,7 @@ async fn a_forked_or_truncated_log_signed_with_the_same_key_fails() {
         assert_eq!(public_key(fork_dir.path()), vkey, "the fork signs with the same key");
         append_some(&fork, events, "forged").await;
         let o = verify(&fork, &vkey, &state, false);
-        assert!(!o.status.success(), "a forked log verified:\n{}", stdout(&o));
-        assert!(stdout(&o).contains(expect), "{}", stdout(&o));
+        assert!(!o.status.success(), "a forked log verified:\n{}", text(&o));
+        assert!(text(&o).contains(expect), "{}", text(&o));
     }
 }

@@ -237,15 +237,16 @@ enum KeyLookup {
     Unknown,
 }
 
-struct Inner {
-    db: Arc<DB>,
-    config: LedgerConfig,
-    served: HashSet<Region>,
-    keyring: Keyring,
-    signing: SigningKey,
-    keys: KeyCache,
+pub(crate) struct Inner {
+    pub(crate) db: Arc<DB>,
+    pub(crate) config: LedgerConfig,
+    pub(crate) served: HashSet<Region>,
+    /// Written only by KEK rotation and destruction.
+    pub(crate) keyring: RwLock<Keyring>,
+    pub(crate) signing: SigningKey,
+    pub(crate) keys: KeyCache,
     shared: Arc<Shared>,
-    tx: mpsc::Sender<WriterMsg>,
+    pub(crate) tx: mpsc::Sender<WriterMsg>,
     writer: Mutex<Option<JoinHandle<()>>>,
     closing: AtomicBool,
 }
@@ -253,7 +254,7 @@ struct Inner {
 /// A handle to an open ledger. Cheap to clone; all clones share one store and one writer.
 #[derive(Clone)]
 pub struct Ledger {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -308,7 +309,7 @@ impl Ledger {
             inner: Arc::new(Inner {
                 db,
                 served,
-                keyring,
+                keyring: RwLock::new(keyring),
                 signing,
                 keys,
                 shared,
@@ -437,25 +438,42 @@ impl Ledger {
         if let Some(c) = record.customer {
             metadata.insert("customer".into(), c.to_string());
         }
+        let outcome = self
+            .append_system(ACCESS_STREAM, ACCESS_EVENT_TYPE, ACCESS_SCHEMA_VERSION, EventId::new_random(), metadata, payload)
+            .await;
+        metrics::counter!("ledger_access_records_total", "written" => if outcome.is_ok() { "yes" } else { "no" }).increment(1);
+        outcome
+    }
+
+    /// Appends one event to a system stream of the system customer and returns its position once
+    /// it is durable. The payload must hold no personal data. The event id makes it idempotent.
+    pub async fn append_system(
+        &self,
+        stream: &str,
+        event_type: &str,
+        schema_version: u32,
+        event_id: EventId,
+        metadata: Metadata,
+        payload: Vec<u8>,
+    ) -> Result<Position, LedgerError> {
+        let limits = &self.inner.config.limits;
         let input = AppendInput {
             customer: SYSTEM_CUSTOMER,
             region: Some(self.system_region().clone()),
-            stream: StreamName::parse(ACCESS_STREAM, "stream", limits)?,
+            stream: StreamName::parse(stream, "stream", limits)?,
             expected: ExpectedVersion::Any,
             events: vec![NewEvent {
-                event_id: EventId::new_random(),
-                event_type: EventType::parse(ACCESS_EVENT_TYPE, "event_type", limits)?,
+                event_id,
+                event_type: EventType::parse(event_type, "event_type", limits)?,
                 channel: Channel::Internal,
                 direction: Direction::Internal,
-                occurred_at: Some(UnixMillis(record.at_unix_ms)),
+                occurred_at: None,
                 metadata,
                 payload,
-                schema_version: ACCESS_SCHEMA_VERSION,
+                schema_version,
             }],
         };
-        let outcome = self.append_unchecked(input).await;
-        metrics::counter!("ledger_access_records_total", "written" => if outcome.is_ok() { "yes" } else { "no" }).increment(1);
-        Ok(outcome?.first_position)
+        Ok(self.append_unchecked(input).await?.first_position)
     }
 
     async fn append_unchecked(&self, input: AppendInput) -> Result<AppendOutcome, LedgerError> {
@@ -498,7 +516,7 @@ impl Ledger {
         Err(LedgerError::Integrity("customer creation raced twice".into()))
     }
 
-    fn check_served(&self, region: &Region) -> Result<(), LedgerError> {
+    pub(crate) fn check_served(&self, region: &Region) -> Result<(), LedgerError> {
         if self.inner.served.contains(region) {
             Ok(())
         } else {
@@ -508,7 +526,7 @@ impl Ledger {
         }
     }
 
-    fn load_customer(&self, customer: CustomerId) -> Result<Option<CustomerRecord>, LedgerError> {
+    pub(crate) fn load_customer(&self, customer: CustomerId) -> Result<Option<CustomerRecord>, LedgerError> {
         let cf = self.inner.db.cf_handle(store::CF_CUSTOMERS).expect("customers cf");
         match self.inner.db.get_pinned_cf(&cf, customer.as_bytes())? {
             Some(bytes) => Ok(Some(CustomerRecord::decode(&bytes)?)),
@@ -534,7 +552,7 @@ impl Ledger {
             return Ok(KeyLookup::Erased);
         };
         let (kek_version, wrapped) = store::decode_key_record(&bytes)?;
-        let dek = self.inner.keyring.unwrap(&rec.region, customer, kek_version, wrapped)?;
+        let dek = self.inner.keyring.read().expect("keyring lock").unwrap(&rec.region, customer, kek_version, wrapped)?;
         let key = Arc::new(CustomerKey::new(rec.region, rec.key_version, &dek));
         self.inner.keys.insert(customer, key.clone());
         Ok(KeyLookup::Key(key))
@@ -571,7 +589,7 @@ impl Ledger {
                 let region = region.ok_or_else(|| LedgerError::invalid("region", "is required for a new customer"))?;
                 self.check_served(region)?;
                 let dek = generate_dek();
-                let (kek_version, wrapped_dek) = self.inner.keyring.wrap(region, customer, &dek)?;
+                let (kek_version, wrapped_dek) = self.inner.keyring.read().expect("keyring lock").wrap(region, customer, &dek)?;
                 let record = CustomerRecord {
                     region: region.clone(),
                     state: CustomerState::Active,

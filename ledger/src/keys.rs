@@ -159,6 +159,59 @@ impl Keyring {
         Ok((Keyring { path: path.to_owned(), regions: loaded }, changed))
     }
 
+    fn read_file(&self) -> Result<KeyringFile, LedgerError> {
+        let bytes = read_private_file(&self.path)?;
+        serde_json::from_slice(&bytes).map_err(|e| LedgerError::Corrupt(format!("keyring {} is not valid: {e}", self.path.display())))
+    }
+
+    fn write_file(&self, file: &KeyringFile) -> Result<(), LedgerError> {
+        let json = Zeroizing::new(serde_json::to_vec_pretty(file).expect("keyring serializes"));
+        write_private_file(&self.path, &json)
+    }
+
+    /// Adds a new KEK version for `region` (written to the file first, atomically) and makes it
+    /// current: new data keys are wrapped under it. Returns the new version.
+    pub fn rotate(&mut self, region: &Region) -> Result<u32, LedgerError> {
+        let mut file = self.read_file()?;
+        let entries = file
+            .regions
+            .get_mut(region.as_str())
+            .ok_or(LedgerError::Crypto("no key-encryption key for this region"))?;
+        let version = entries.iter().map(|e| e.version).max().unwrap_or(0) + 1;
+        let entry = new_kek_entry(version);
+        let key = Zeroizing::new(base64::engine::general_purpose::STANDARD.decode(&entry.key).expect("just encoded"));
+        let cipher = Aes256Gcm::new_from_slice(&key).expect("32-byte key");
+        entries.push(entry);
+        self.write_file(&file)?;
+        self.regions.entry(region.clone()).or_default().push(Kek { version, cipher });
+        Ok(version)
+    }
+
+    /// Removes KEK `version` of `region` from the file and from memory. The current version cannot
+    /// be destroyed; the caller checks that no data key is still wrapped under `version`.
+    pub fn destroy(&mut self, region: &Region, version: u32) -> Result<(), LedgerError> {
+        if self.current_version(region) == Some(version) {
+            return Err(LedgerError::invalid("version", "is the region's current key-encryption key; rotate first"));
+        }
+        if !self.versions(region).contains(&version) {
+            return Err(LedgerError::NotFound { what: "key-encryption key version" });
+        }
+        let mut file = self.read_file()?;
+        if let Some(entries) = file.regions.get_mut(region.as_str()) {
+            entries.retain(|e| e.version != version);
+        }
+        self.write_file(&file)?;
+        if let Some(keks) = self.regions.get_mut(region) {
+            keks.retain(|k| k.version != version);
+        }
+        Ok(())
+    }
+
+    /// The KEK versions of `region`, oldest first.
+    pub fn versions(&self, region: &Region) -> Vec<u32> {
+        self.regions.get(region).map(|v| v.iter().map(|k| k.version).collect()).unwrap_or_default()
+    }
+
     /// The current (newest) KEK version of `region`.
     pub fn current_version(&self, region: &Region) -> Option<u32> {
         self.regions.get(region).and_then(|v| v.last()).map(|k| k.version)

@@ -7,6 +7,7 @@ pub mod access;
 pub mod checkpoint;
 pub mod codec;
 mod engine;
+mod lifecycle;
 pub mod error;
 pub mod keys;
 pub mod limits;
@@ -21,4 +22,5 @@ pub use engine::{
 };
 pub use error::{ErrorCode, LedgerError};
 pub use limits::{EngineTuning, Limits};
-pub use writer::{AppendOutcome, CommittedBatch};
+pub use lifecycle::Rotation;
+pub use writer::{AppendOutcome, CommittedBatch, ErasedKey};

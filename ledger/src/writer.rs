@@ -29,8 +29,33 @@ use crate::types::{CustomerId, EventId, ExpectedVersion, Position, StreamName, S
 pub(crate) enum WriterMsg {
     /// Commit an append.
     Append(AppendCommand),
+    /// Commit the appends queued before this, then change key rows (erasure, rewrapping).
+    Control(Control),
     /// Commit everything queued before this, then stop.
     Shutdown,
+}
+
+/// Changes to `customers` and `keys` that are not appends. They go through the writer because it
+/// is the only writer of those rows: an append sealed under a key erased meanwhile is refused
+/// when the writer stages it, since it reads the customer's state after the erasure committed.
+pub(crate) enum Control {
+    /// Delete a customer's wrapped data key and mark the customer erased, in one synced batch.
+    EraseKey { customer: CustomerId, reply: oneshot::Sender<Result<ErasedKey, LedgerError>> },
+    /// Replace key rows that still hold the expected bytes (rewrapping under a new KEK). A row
+    /// that changed meanwhile (erased) is left alone.
+    Rewrap { rows: Vec<(CustomerId, Vec<u8>, Vec<u8>)>, reply: oneshot::Sender<Result<usize, LedgerError>> },
+}
+
+/// What erasing a customer's key found and did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErasedKey {
+    /// The customer's region.
+    pub region: crate::types::Region,
+    /// SHA-256 of the destroyed `keys` row (KEK version and wrapped DEK), naming the key without
+    /// revealing it; `None` when the customer was already erased.
+    pub fingerprint: Option<Hash>,
+    /// The customer had been erased before this call.
+    pub already_erased: bool,
 }
 
 /// A validated, encrypted append.
@@ -140,18 +165,21 @@ impl Writer {
         let mut batch: Vec<AppendCommand> = Vec::new();
         loop {
             let mut stop = false;
+            let mut control = None;
             match rx.blocking_recv() {
                 Some(WriterMsg::Append(cmd)) => batch.push(cmd),
+                Some(WriterMsg::Control(c)) => control = Some(c),
                 Some(WriterMsg::Shutdown) | None => stop = true,
             }
             let mut events: usize = batch.iter().map(|c| c.events.len()).sum();
             let deadline = Instant::now() + Duration::from_micros(self.tuning.batch_wait_us);
-            while !stop && events < self.tuning.batch_events_max {
+            while !stop && control.is_none() && events < self.tuning.batch_events_max {
                 match rx.try_recv() {
                     Ok(WriterMsg::Append(cmd)) => {
                         events += cmd.events.len();
                         batch.push(cmd);
                     }
+                    Ok(WriterMsg::Control(c)) => control = Some(c),
                     Ok(WriterMsg::Shutdown) => stop = true,
                     Err(mpsc::error::TryRecvError::Empty) if Instant::now() < deadline => std::thread::yield_now(),
                     Err(_) => break,
@@ -159,6 +187,9 @@ impl Writer {
             }
             if !batch.is_empty() {
                 self.commit(std::mem::take(&mut batch));
+            }
+            if let Some(c) = control {
+                self.control(c);
             }
             if stop {
                 break;
@@ -237,6 +268,71 @@ impl Writer {
         metrics::histogram!("ledger_batch_commit_seconds").record(sync_seconds);
         metrics::gauge!("ledger_tree_size").set(tree.size as f64);
         self.reply_all(staged);
+    }
+
+    fn control(&mut self, control: Control) {
+        match control {
+            Control::EraseKey { customer, reply } => {
+                let _ = reply.send(self.erase_key(customer));
+            }
+            Control::Rewrap { rows, reply } => {
+                let _ = reply.send(self.rewrap(rows));
+            }
+        }
+    }
+
+    /// Writes a control batch with sync; a failure poisons the store like a failed append.
+    fn write_synced(&self, wb: WriteBatch) -> Result<(), LedgerError> {
+        if self.shared.poisoned.load(Ordering::Acquire) {
+            return Err(LedgerError::Poisoned);
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        if let Err(e) = self.db.write_opt(wb, &opts) {
+            tracing::error!(error = %e, "key batch write failed; store poisoned, refusing writes until restart");
+            self.shared.poisoned.store(true, Ordering::Release);
+            metrics::gauge!("ledger_store_poisoned").set(1.0);
+            return Err(LedgerError::Poisoned);
+        }
+        Ok(())
+    }
+
+    fn erase_key(&mut self, customer: CustomerId) -> Result<ErasedKey, LedgerError> {
+        let customers_cf = self.cf(store::CF_CUSTOMERS);
+        let keys_cf = self.cf(store::CF_KEYS);
+        let bytes = self.db.get_cf(customers_cf, customer.as_bytes())?.ok_or(LedgerError::NotFound { what: "customer" })?;
+        let mut record = CustomerRecord::decode(&bytes)?;
+        let key_row = self.db.get_cf(keys_cf, customer.as_bytes())?;
+        if record.state == CustomerState::Erased && key_row.is_none() {
+            return Ok(ErasedKey { region: record.region, fingerprint: None, already_erased: true });
+        }
+        let fingerprint = key_row.as_deref().map(crate::merkle::sha256);
+        record.state = CustomerState::Erased;
+        let mut wb = WriteBatch::default();
+        // A plain delete, not SingleDelete: KEK rotation rewrites the row, and SingleDelete is
+        // only defined for a key written once. The forced bottommost compaction that follows
+        // drops the tombstone and every older version alike.
+        wb.delete_cf(keys_cf, customer.as_bytes());
+        wb.put_cf(customers_cf, customer.as_bytes(), record.encode());
+        self.write_synced(wb)?;
+        self.known_customers.remove(&customer);
+        Ok(ErasedKey { region: record.region, fingerprint, already_erased: false })
+    }
+
+    fn rewrap(&mut self, rows: Vec<(CustomerId, Vec<u8>, Vec<u8>)>) -> Result<usize, LedgerError> {
+        let keys_cf = self.cf(store::CF_KEYS);
+        let mut wb = WriteBatch::default();
+        let mut count = 0;
+        for (customer, old, new) in rows {
+            if self.db.get_pinned_cf(keys_cf, customer.as_bytes())?.as_deref() == Some(&old[..]) {
+                wb.put_cf(keys_cf, customer.as_bytes(), new);
+                count += 1;
+            }
+        }
+        if count > 0 {
+            self.write_synced(wb)?;
+        }
+        Ok(count)
     }
 
     fn reply_all(&self, staged: Vec<Staged>) {

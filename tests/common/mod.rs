@@ -134,6 +134,23 @@ fn field(line: &str, key: &str) -> String {
     line[start..].split_whitespace().next().unwrap().to_owned()
 }
 
+/// Runs the `ledgerd` binary with `args` and waits for it.
+pub fn ledgerd(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ledgerd")).args(args).output().unwrap()
+}
+
+/// A command's stdout and stderr, for assertions and failure messages.
+pub fn text(o: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// The C2SP verifier key `ledgerd audit public-key` prints for a data directory.
+pub fn public_key(data_dir: &Path) -> String {
+    let out = ledgerd(&["audit", "public-key", "--data-dir", data_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 pub fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }

@@ -1,0 +1,196 @@
+//! Key lifecycle on a running ledger: erasing a customer's data key (crypto-shredding) and purging
+//! its bytes from the store's files, and rotating and destroying a region's key-encryption keys.
+//!
+//! Erasure is two steps with different clocks. `erase_key` makes the data unreadable: one synced
+//! batch through the writer deletes the wrapped DEK and marks the customer erased, then the cached
+//! key is purged; its cost does not depend on how many events the customer has. `purge_erased_keys`
+//! then removes the deleted bytes from the files: it flushes every column family (so no WAL file
+//! still holds the key's original write) and forces a bottommost compaction of `keys` (so no SST
+//! file does).
+
+use std::collections::BTreeMap;
+
+use rocksdb::{BottommostLevelCompaction, CompactOptions, FlushOptions, IteratorMode};
+use tokio::sync::oneshot;
+
+use crate::access::SYSTEM_CUSTOMER;
+use crate::engine::Ledger;
+use crate::error::LedgerError;
+use crate::store::{self, CustomerState};
+use crate::types::{CustomerId, Region};
+use crate::writer::{Control, ErasedKey, WriterMsg};
+
+/// Key rows rewrapped per writer batch during KEK rotation.
+const REWRAP_BATCH_ROWS: usize = 1000;
+
+/// What a KEK rotation did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rotation {
+    /// The new current KEK version.
+    pub version: u32,
+    /// Data keys rewrapped under it.
+    pub rewrapped: u64,
+}
+
+impl Ledger {
+    async fn control<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, LedgerError>>) -> Control) -> Result<T, LedgerError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner.tx.send(WriterMsg::Control(make(reply))).await.map_err(|_| LedgerError::ShuttingDown)?;
+        answer.await.map_err(|_| LedgerError::ShuttingDown)?
+    }
+
+    /// Destroys the customer's wrapped data key and marks the customer erased (one synced batch),
+    /// then drops the unwrapped key from the cache. From then on their payloads are unreadable
+    /// and appends for them are refused. Idempotent. The system customer cannot be erased.
+    pub async fn erase_key(&self, customer: CustomerId) -> Result<ErasedKey, LedgerError> {
+        if customer == SYSTEM_CUSTOMER {
+            return Err(LedgerError::invalid("customer_id", "is the ledger's system customer, which holds no personal data"));
+        }
+        let Some(rec) = self.load_customer(customer)? else { return Err(LedgerError::NotFound { what: "customer" }) };
+        self.check_served(&rec.region)?;
+        let erased = self.control(|reply| Control::EraseKey { customer, reply }).await;
+        // Purge even if the write failed: a cached key must not outlive an erasure attempt.
+        self.inner.keys.purge(&customer);
+        erased
+    }
+
+    /// Removes deleted key bytes from the store's files: flushes every column family (the WAL
+    /// files that held the original writes become obsolete and are deleted) and forces a
+    /// bottommost compaction of `keys`. Blocking; its cost depends on the memtables' size, not
+    /// on any customer's history.
+    pub fn purge_erased_keys(&self) -> Result<(), LedgerError> {
+        let db = &self.inner.db;
+        let cfs: Vec<_> = store::ALL_CFS.iter().map(|n| db.cf_handle(n).expect("column family")).collect();
+        let mut flush = FlushOptions::default();
+        flush.set_wait(true);
+        db.flush_cfs_opt(&cfs, &flush)?;
+        let mut compact = CompactOptions::default();
+        compact.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+        compact.set_exclusive_manual_compaction(false);
+        db.compact_range_cf_opt(db.cf_handle(store::CF_KEYS).expect("keys cf"), None::<&[u8]>, None::<&[u8]>, &compact);
+        Ok(())
+    }
+
+    /// Key rows after `after` (at most `limit`), as (customer, region, row bytes). Blocking.
+    fn key_rows(&self, after: Option<CustomerId>, limit: usize) -> Result<Vec<(CustomerId, Region, Vec<u8>)>, LedgerError> {
+        let db = &self.inner.db;
+        let cf = db.cf_handle(store::CF_KEYS).expect("keys cf");
+        let start = after.map(|c| c.as_bytes().to_vec());
+        let mode = match &start {
+            Some(k) => IteratorMode::From(k, rocksdb::Direction::Forward),
+            None => IteratorMode::Start,
+        };
+        let mut out = Vec::new();
+        for item in db.iterator_cf(&cf, mode) {
+            let (key, value) = item?;
+            let id = CustomerId(uuid::Uuid::from_slice(&key).map_err(|_| LedgerError::Corrupt("keys row with a bad customer id".into()))?);
+            if Some(id) == after {
+                continue;
+            }
+            let rec = self.load_customer(id)?.ok_or_else(|| LedgerError::Integrity("a data key without its customer".into()))?;
+            if rec.state == CustomerState::Active {
+                out.push((id, rec.region, value.to_vec()));
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// How many live data keys of `region` are wrapped under each KEK version. Blocking; reads
+    /// every key row.
+    pub fn deks_by_kek_version(&self, region: &Region) -> Result<BTreeMap<u32, u64>, LedgerError> {
+        let mut counts = BTreeMap::new();
+        let mut after = None;
+        loop {
+            let rows = self.key_rows(after, REWRAP_BATCH_ROWS)?;
+            let Some(last) = rows.last() else { break };
+            after = Some(last.0);
+            for (_, r, row) in &rows {
+                if r == region {
+                    *counts.entry(store::decode_key_record(row)?.0).or_default() += 1;
+                }
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Creates a new KEK version for `region`, makes it current, and rewraps every live data key
+    /// of the region under it. Rows that changed meanwhile (an erasure) are left alone; a key
+    /// created during the rotation under the old version is caught by `destroy_kek`'s check.
+    pub async fn rotate_kek(&self, region: &Region) -> Result<Rotation, LedgerError> {
+        self.check_served(region)?;
+        let version = self.inner.keyring.write().expect("keyring lock").rotate(region)?;
+        tracing::info!(region = %region, version, "key-encryption key rotated; rewrapping data keys");
+        let mut rewrapped = 0u64;
+        let mut after = None;
+        loop {
+            let ledger = self.clone();
+            let rows = tokio::task::spawn_blocking(move || ledger.key_rows(after, REWRAP_BATCH_ROWS))
+                .await
+                .map_err(|_| LedgerError::ShuttingDown)??;
+            let Some(last) = rows.last() else { break };
+            after = Some(last.0);
+            let mut changes = Vec::new();
+            {
+                let keyring = self.inner.keyring.read().expect("keyring lock");
+                for (customer, r, row) in rows {
+                    let (old_version, wrapped) = store::decode_key_record(&row)?;
+                    if r != *region || old_version == version {
+                        continue;
+                    }
+                    let dek = keyring.unwrap(&r, customer, old_version, wrapped)?;
+                    let (new_version, new_wrapped) = keyring.wrap(&r, customer, &dek)?;
+                    changes.push((customer, row.clone(), store::encode_key_record(new_version, &new_wrapped)));
+                }
+            }
+            if !changes.is_empty() {
+                rewrapped += self.control(|reply| Control::Rewrap { rows: changes, reply }).await? as u64;
+            }
+        }
+        metrics::counter!("ledger_deks_rewrapped_total").increment(rewrapped);
+        Ok(Rotation { version, rewrapped })
+    }
+
+    /// Destroys KEK `version` of `region`. Refused while it is current or while any live data key
+    /// is still wrapped under it. Then flushes and compacts `keys`, so the old wrapped rows are
+    /// gone from the files too.
+    pub fn destroy_kek(&self, region: &Region, version: u32) -> Result<(), LedgerError> {
+        self.check_served(region)?;
+        let still = self.deks_by_kek_version(region)?.get(&version).copied().unwrap_or(0);
+        if still > 0 {
+            return Err(LedgerError::invalid("version", &format!("still wraps {still} data keys; run the rotation again first")));
+        }
+        self.inner.keyring.write().expect("keyring lock").destroy(region, version)?;
+        tracing::warn!(region = %region, version, "key-encryption key destroyed");
+        self.purge_erased_keys()
+    }
+
+    /// The KEK versions of `region`, oldest first.
+    pub fn kek_versions(&self, region: &Region) -> Vec<u32> {
+        self.inner.keyring.read().expect("keyring lock").versions(region)
+    }
+
+    /// Every customer of `region`, in id order. Blocking; reads every customer row.
+    pub fn customers_in_region(&self, region: &Region) -> Result<Vec<CustomerId>, LedgerError> {
+        self.check_served(region)?;
+        let db = &self.inner.db;
+        let cf = db.cf_handle(store::CF_CUSTOMERS).expect("customers cf");
+        let mut out = Vec::new();
+        for item in db.iterator_cf(&cf, IteratorMode::Start) {
+            let (key, value) = item?;
+            let rec = store::CustomerRecord::decode(&value)?;
+            let id = CustomerId(uuid::Uuid::from_slice(&key).map_err(|_| LedgerError::Corrupt("customer row with a bad id".into()))?);
+            if rec.region == *region && id != SYSTEM_CUSTOMER {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Signs `text` as a C2SP note with the ledger's key, under the log's origin.
+    pub fn sign_note(&self, text: &str) -> String {
+        self.inner.signing.sign_note(text, &self.origin())
+    }
+}

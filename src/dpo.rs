@@ -1,0 +1,157 @@
+//! `ledgerd erase` and `ledgerd keys`: gRPC clients of `ledger.v1.Privacy` and `ledger.v1.Admin`
+//! for DPOs and operators. They print ids, states and certificates, never personal data.
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use proto::v1 as pb;
+
+/// Options of `ledgerd erase`.
+#[derive(Args, Debug, Clone)]
+pub struct EraseArgs {
+    /// The server's gRPC endpoint.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub target: String,
+    /// The customer to erase (or, with --status, whose erasure to show).
+    #[arg(long)]
+    pub customer: Option<String>,
+    /// Idempotency key of the request (or, with --status, the request to show).
+    #[arg(long)]
+    pub request_id: Option<String>,
+    /// Legal basis, e.g. gdpr-art17-1a.
+    #[arg(long)]
+    pub legal_basis: Option<String>,
+    /// Who asks: a staff or system identifier.
+    #[arg(long)]
+    pub requested_by: Option<String>,
+    /// Show an erasure's status instead of erasing.
+    #[arg(long, conflicts_with = "retry_dead_letters")]
+    pub status: bool,
+    /// Queue every dead-lettered downstream notification again.
+    #[arg(long)]
+    pub retry_dead_letters: bool,
+}
+
+async fn channel(target: &str) -> anyhow::Result<tonic::transport::Channel> {
+    tonic::transport::Channel::from_shared(target.to_owned())?.connect().await.with_context(|| format!("connecting to {target}"))
+}
+
+fn fail(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{} ({:?})", s.message(), s.code())
+}
+
+fn when(t: &Option<prost_types::Timestamp>) -> String {
+    t.as_ref().map_or_else(|| "-".into(), |t| erasure::rfc3339_millis(t.seconds * 1000 + i64::from(t.nanos / 1_000_000)))
+}
+
+fn print_status(s: &pb::ErasureStatus) {
+    println!("request:        {}", s.request_id);
+    println!("customer:       {}", s.customer_id);
+    println!("legal basis:    {}", s.legal_basis);
+    println!("requested by:   {}", s.requested_by);
+    println!("requested at:   {}", when(&s.requested_at));
+    println!("unreadable at:  {}", when(&s.unreadable_at));
+    println!("purged at:      {}", when(&s.purged_at));
+    println!("key:            sha256:{}", s.key_fingerprint);
+    for d in &s.deliveries {
+        let state = pb::DeliveryState::try_from(d.state).map_or("unknown", |s| s.as_str_name());
+        println!(
+            "downstream {}: {} after {} attempt(s){}{}",
+            d.downstream,
+            state.trim_start_matches("DELIVERY_STATE_").to_lowercase(),
+            d.attempts,
+            if d.last_error.is_empty() { String::new() } else { format!(", last error: {}", d.last_error) },
+            d.delivered_at.as_ref().map_or_else(String::new, |_| format!(", acknowledged {}", when(&d.delivered_at))),
+        );
+    }
+}
+
+/// Runs `ledgerd erase`.
+pub async fn erase(args: EraseArgs) -> anyhow::Result<()> {
+    let mut privacy = pb::privacy_client::PrivacyClient::new(channel(&args.target).await?);
+    if args.retry_dead_letters {
+        let r = privacy.retry_dead_letters(pb::RetryDeadLettersRequest {}).await.map_err(fail)?.into_inner();
+        println!("queued {} dead-lettered notification(s) again", r.requeued);
+        return Ok(());
+    }
+    if args.status {
+        let req = pb::GetErasureStatusRequest {
+            request_id: args.request_id.unwrap_or_default(),
+            customer_id: args.customer.unwrap_or_default(),
+        };
+        let s = privacy.get_erasure_status(req).await.map_err(fail)?.into_inner().status.context("no status")?;
+        print_status(&s);
+        println!("\n{}", s.certificate);
+        return Ok(());
+    }
+    let req = pb::EraseCustomerRequest {
+        customer_id: args.customer.context("--customer is required")?,
+        request_id: args.request_id.context("--request-id is required")?,
+        legal_basis: args.legal_basis.context("--legal-basis is required")?,
+        requested_by: args.requested_by.context("--requested-by is required")?,
+    };
+    let r = privacy.erase_customer(req).await.map_err(fail)?.into_inner();
+    if let Some(s) = &r.status {
+        print_status(s);
+    }
+    println!("\n{}", r.certificate);
+    Ok(())
+}
+
+/// `ledgerd keys` subcommands.
+#[derive(Subcommand, Debug, Clone)]
+pub enum KeysCommand {
+    /// Create a new KEK version for a region and rewrap every live data key under it.
+    Rotate {
+        /// The server's gRPC endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        target: String,
+        /// The region.
+        #[arg(long)]
+        region: String,
+    },
+    /// Destroy a KEK version; refused while it is current or still wraps a data key.
+    Destroy {
+        /// The server's gRPC endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        target: String,
+        /// The region.
+        #[arg(long)]
+        region: String,
+        /// The version to destroy.
+        #[arg(long)]
+        version: u32,
+    },
+    /// List a region's KEK versions and how many data keys each wraps.
+    List {
+        /// The server's gRPC endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        target: String,
+        /// The region.
+        #[arg(long)]
+        region: String,
+    },
+}
+
+/// Runs `ledgerd keys ...`.
+pub async fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
+    match cmd {
+        KeysCommand::Rotate { target, region } => {
+            let mut admin = pb::admin_client::AdminClient::new(channel(&target).await?);
+            let r = admin.rotate_region_key(pb::RotateRegionKeyRequest { region: region.clone() }).await.map_err(fail)?.into_inner();
+            println!("region {region}: KEK version {} is current; {} data key(s) rewrapped", r.version, r.rewrapped);
+        }
+        KeysCommand::Destroy { target, region, version } => {
+            let mut admin = pb::admin_client::AdminClient::new(channel(&target).await?);
+            admin.destroy_region_key(pb::DestroyRegionKeyRequest { region: region.clone(), version }).await.map_err(fail)?;
+            println!("region {region}: KEK version {version} destroyed");
+        }
+        KeysCommand::List { target, region } => {
+            let mut admin = pb::admin_client::AdminClient::new(channel(&target).await?);
+            let r = admin.list_region_keys(pb::ListRegionKeysRequest { region: region.clone() }).await.map_err(fail)?.into_inner();
+            for v in r.versions {
+                println!("region {region} KEK v{}{}: {} data key(s)", v.version, if v.current { " (current)" } else { "" }, v.data_keys);
+            }
+        }
+    }
+    Ok(())
+}

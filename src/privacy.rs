@@ -1,0 +1,267 @@
+//! The gRPC edges of `ledger.v1.Privacy` (erasure, its status, exports) and `ledger.v1.Admin`
+//! (KEK rotation and destruction).
+
+use std::sync::Arc;
+
+use erasure::{DeliveryState, ErasureError, ErasureStatus, Eraser};
+use ledger::access::SYSTEM_CUSTOMER;
+use ledger::types::{CustomerId, Position, Region, UnixMillis};
+use ledger::{Ledger, LedgerError, NodeCache, Payload};
+use proto::v1 as pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::audit::{proven_to_pb, signed_head};
+use crate::grpc::{blocking, blocking_outcome, millis_to_pb, record_access, refuse, status, Caller};
+
+/// Messages buffered per export stream before the server waits for the client.
+const STREAM_BUFFER_MESSAGES: usize = 4;
+
+fn erasure_status(e: ErasureError) -> Status {
+    match e {
+        ErasureError::Ledger(e) => status(e),
+        other => {
+            let code = other.code();
+            let grpc = match code {
+                ledger::ErrorCode::InvalidArgument => tonic::Code::InvalidArgument,
+                ledger::ErrorCode::NotFound => tonic::Code::NotFound,
+                _ => tonic::Code::Internal,
+            };
+            if grpc == tonic::Code::Internal {
+                tracing::error!(error = %other, "erasure failed");
+            }
+            let mut s = Status::new(grpc, other.to_string());
+            s.metadata_mut().insert("ledger-error-code", code.as_str().parse().expect("ascii code"));
+            s
+        }
+    }
+}
+
+fn ts(ms: Option<i64>) -> Option<prost_types::Timestamp> {
+    ms.map(|m| millis_to_pb(UnixMillis(m)))
+}
+
+fn status_to_pb(s: ErasureStatus) -> pb::ErasureStatus {
+    pb::ErasureStatus {
+        request_id: s.request_id,
+        customer_id: s.customer.to_string(),
+        legal_basis: s.legal_basis,
+        requested_by: s.requested_by,
+        requested_at: ts(Some(s.requested_at_ms)),
+        unreadable_at: ts(s.unreadable_at_ms),
+        purged_at: ts(s.purged_at_ms),
+        certificate: s.certificate.unwrap_or_default(),
+        key_fingerprint: s.key_fingerprint.unwrap_or_default(),
+        deliveries: s
+            .deliveries
+            .into_iter()
+            .map(|d| pb::DownstreamDelivery {
+                downstream: d.downstream,
+                webhook_id: d.webhook_id,
+                state: match d.state {
+                    DeliveryState::Pending => pb::DeliveryState::Pending,
+                    DeliveryState::Delivered => pb::DeliveryState::Delivered,
+                    DeliveryState::DeadLetter => pb::DeliveryState::DeadLetter,
+                } as i32,
+                attempts: d.attempts,
+                last_error: d.last_error.unwrap_or_default(),
+                delivered_at: ts(d.delivered_at_ms),
+                next_attempt_at: ts(d.next_attempt_ms),
+            })
+            .collect(),
+    }
+}
+
+/// The `ledger.v1.Privacy` service.
+#[derive(Clone)]
+pub struct PrivacyService {
+    ledger: Ledger,
+    eraser: Arc<Eraser>,
+}
+
+impl PrivacyService {
+    /// A service over `ledger` and its erasure workflow.
+    pub fn new(ledger: Ledger, eraser: Arc<Eraser>) -> Self {
+        PrivacyService { ledger, eraser }
+    }
+}
+
+/// Streams the proven events of `customers`, each customer's in global order, against `size`,
+/// into `tx` as export chunks; ends with the summary. Blocking.
+fn stream_export(
+    ledger: &Ledger,
+    customers: &[CustomerId],
+    size: u64,
+    send: &mut dyn FnMut(pb::ExportChunk) -> bool,
+) -> Result<(), LedgerError> {
+    let chunk = ledger.config().tuning.read_chunk_events.max(1);
+    let bytes_max = ledger.config().tuning.read_chunk_bytes_max;
+    let mut nodes = NodeCache::default();
+    let (mut events, mut erased) = (0u64, 0u64);
+    for &customer in customers {
+        let positions = ledger.customer_positions(customer, None, Position(0), Position(size))?;
+        for group in positions.chunks(chunk) {
+            let mut message = Vec::new();
+            let mut bytes = 0;
+            for p in ledger.proven_events(group, size, &mut nodes)? {
+                events += 1;
+                erased += u64::from(p.event.payload == Payload::Erased);
+                let len = p.event.approx_bytes() + p.header.len() + 48 * (p.proof.len() + 1);
+                if !message.is_empty() && bytes + len > bytes_max {
+                    if !send(pb::ExportChunk { tree_head: None, events: std::mem::take(&mut message), summary: None }) {
+                        return Ok(());
+                    }
+                    bytes = 0;
+                }
+                bytes += len;
+                message.push(proven_to_pb(p));
+            }
+            if !message.is_empty() && !send(pb::ExportChunk { tree_head: None, events: message, summary: None }) {
+                return Ok(());
+            }
+        }
+    }
+    let summary = pb::ExportSummary { events, customers: customers.len() as u64, erased_events: erased };
+    send(pb::ExportChunk { tree_head: None, events: Vec::new(), summary: Some(summary) });
+    Ok(())
+}
+
+impl PrivacyService {
+    /// Records the access, signs the head (which covers the record), and streams the export.
+    async fn export<R: Send + 'static>(
+        &self,
+        access: ledger::access::AccessRecord,
+        customers: Vec<CustomerId>,
+        wrap: fn(pb::ExportChunk) -> R,
+    ) -> Result<Response<ReceiverStream<Result<R, Status>>>, Status> {
+        record_access(&self.ledger, &access).await?;
+        let head = signed_head(&self.ledger);
+        let size = head.tree_size;
+        let ledger = self.ledger.clone();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER_MESSAGES);
+        tokio::task::spawn_blocking(move || {
+            if tx.blocking_send(Ok(wrap(pb::ExportChunk { tree_head: Some(head), events: Vec::new(), summary: None }))).is_err() {
+                return;
+            }
+            let mut send = |c: pb::ExportChunk| tx.blocking_send(Ok(wrap(c))).is_ok();
+            if let Err(e) = stream_export(&ledger, &customers, size, &mut send) {
+                let _ = tx.blocking_send(Err(status(e)));
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::privacy_server::Privacy for PrivacyService {
+    async fn erase_customer(&self, request: Request<pb::EraseCustomerRequest>) -> Result<Response<pb::EraseCustomerResponse>, Status> {
+        let req = request.into_inner();
+        let customer = CustomerId::parse(&req.customer_id, "customer_id").map_err(status)?;
+        let erase = erasure::EraseRequest {
+            customer,
+            request_id: req.request_id,
+            legal_basis: req.legal_basis,
+            requested_by: req.requested_by,
+        };
+        let certificate = self.eraser.erase(erase).await.map_err(erasure_status)?;
+        let status = self.eraser.status(None, Some(customer)).map_err(erasure_status)?;
+        Ok(Response::new(pb::EraseCustomerResponse { certificate, status: Some(status_to_pb(status)) }))
+    }
+
+    async fn get_erasure_status(
+        &self,
+        request: Request<pb::GetErasureStatusRequest>,
+    ) -> Result<Response<pb::GetErasureStatusResponse>, Status> {
+        let req = request.into_inner();
+        let customer = if req.customer_id.is_empty() { None } else { Some(CustomerId::parse(&req.customer_id, "customer_id").map_err(status)?) };
+        let request_id = (!req.request_id.is_empty()).then_some(req.request_id.as_str());
+        let s = self.eraser.status(request_id, customer).map_err(erasure_status)?;
+        Ok(Response::new(pb::GetErasureStatusResponse { status: Some(status_to_pb(s)) }))
+    }
+
+    async fn retry_dead_letters(
+        &self,
+        _: Request<pb::RetryDeadLettersRequest>,
+    ) -> Result<Response<pb::RetryDeadLettersResponse>, Status> {
+        let requeued = self.eraser.retry_dead_letters().map_err(erasure_status)?;
+        Ok(Response::new(pb::RetryDeadLettersResponse { requeued }))
+    }
+
+    type ExportCustomerStream = ReceiverStream<Result<pb::ExportCustomerResponse, Status>>;
+
+    async fn export_customer(&self, request: Request<pb::ExportCustomerRequest>) -> Result<Response<Self::ExportCustomerStream>, Status> {
+        let caller = Caller::of(&request);
+        let customer = CustomerId::parse(&request.into_inner().customer_id, "customer_id").map_err(status)?;
+        let mut access = caller.access("ledger.v1.Privacy/ExportCustomer");
+        access.customer = Some(customer);
+        let l = self.ledger.clone();
+        if let Err(e) = blocking_outcome(move || l.check_customer_readable(customer)).await? {
+            return Err(refuse(&self.ledger, access, e).await);
+        }
+        if customer == SYSTEM_CUSTOMER {
+            return Err(status(LedgerError::invalid("customer_id", "is the ledger's system customer; use Audit.Replay")));
+        }
+        self.export(access, vec![customer], |chunk| pb::ExportCustomerResponse { chunk: Some(chunk) }).await
+    }
+
+    type ExportRegionStream = ReceiverStream<Result<pb::ExportRegionResponse, Status>>;
+
+    async fn export_region(&self, request: Request<pb::ExportRegionRequest>) -> Result<Response<Self::ExportRegionStream>, Status> {
+        let caller = Caller::of(&request);
+        let region = Region::parse(&request.into_inner().region, "region").map_err(status)?;
+        let access = caller.access("ledger.v1.Privacy/ExportRegion").param("region", region.as_str());
+        let (l, r) = (self.ledger.clone(), region.clone());
+        let customers = match blocking_outcome(move || l.customers_in_region(&r)).await? {
+            Ok(c) => c,
+            Err(e) => return Err(refuse(&self.ledger, access, e).await),
+        };
+        let access = access.param("customers", customers.len());
+        self.export(access, customers, |chunk| pb::ExportRegionResponse { chunk: Some(chunk) }).await
+    }
+}
+
+/// The `ledger.v1.Admin` service.
+#[derive(Clone)]
+pub struct AdminService {
+    ledger: Ledger,
+}
+
+impl AdminService {
+    /// A service over `ledger`.
+    pub fn new(ledger: Ledger) -> Self {
+        AdminService { ledger }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn rotate_region_key(&self, request: Request<pb::RotateRegionKeyRequest>) -> Result<Response<pb::RotateRegionKeyResponse>, Status> {
+        let region = Region::parse(&request.into_inner().region, "region").map_err(status)?;
+        let r = self.ledger.rotate_kek(&region).await.map_err(status)?;
+        Ok(Response::new(pb::RotateRegionKeyResponse { version: r.version, rewrapped: r.rewrapped }))
+    }
+
+    async fn destroy_region_key(&self, request: Request<pb::DestroyRegionKeyRequest>) -> Result<Response<pb::DestroyRegionKeyResponse>, Status> {
+        let req = request.into_inner();
+        let region = Region::parse(&req.region, "region").map_err(status)?;
+        let l = self.ledger.clone();
+        blocking(move || l.destroy_kek(&region, req.version)).await?;
+        Ok(Response::new(pb::DestroyRegionKeyResponse {}))
+    }
+
+    async fn list_region_keys(&self, request: Request<pb::ListRegionKeysRequest>) -> Result<Response<pb::ListRegionKeysResponse>, Status> {
+        let region = Region::parse(&request.into_inner().region, "region").map_err(status)?;
+        let l = self.ledger.clone();
+        let r = region.clone();
+        let counts = blocking(move || l.deks_by_kek_version(&r)).await?;
+        let versions = self.ledger.kek_versions(&region);
+        let current = versions.last().copied();
+        Ok(Response::new(pb::ListRegionKeysResponse {
+            versions: versions
+                .into_iter()
+                .map(|v| pb::RegionKeyVersion { version: v, current: Some(v) == current, data_keys: counts.get(&v).copied().unwrap_or(0) })
+                .collect(),
+        }))
+    }
+}
