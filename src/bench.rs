@@ -27,6 +27,10 @@ pub enum Workload {
     /// file, and the offline verification `ledgerd verify --file` runs, timed. Needs
     /// `--verifier-key`.
     Replay,
+    /// A customer with `--events` events and one with 10: export the big one to a file, then
+    /// erase both, timing the call, the time until unreadable and until the key is purged. Run a
+    /// write workload first to give the ledger its size.
+    Erasure,
     /// W1, then W1b, then W2.
     All,
 }
@@ -95,6 +99,69 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if w == Workload::Replay {
         replay_workload(&args, &channels).await?;
+    }
+    if w == Workload::Erasure {
+        erasure_workload(&args, &channels).await?;
+    }
+    Ok(())
+}
+
+async fn erasure_workload(args: &BenchArgs, channels: &[Channel]) -> anyhow::Result<()> {
+    use proto::v1::privacy_client::PrivacyClient;
+    let big = uuid::Uuid::new_v4().to_string();
+    let small = uuid::Uuid::new_v4().to_string();
+    write_workload("erasure setup", args, channels, Arc::new(vec![big.clone()]), args.batch_events.max(1)).await?;
+    let small_args = BenchArgs { events: 10, writers: 1, ..args.clone() };
+    write_workload("erasure setup", &small_args, channels, Arc::new(vec![small.clone()]), 1).await?;
+
+    let dir = std::env::temp_dir().join(format!("ledgerd-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("export.jsonl");
+    let started = Instant::now();
+    crate::proof_file::export(crate::proof_file::ExportArgs { target: args.target.clone(), customer: Some(big.clone()), region: None, out: file.clone() })
+        .await?;
+    let secs = started.elapsed().as_secs_f64();
+    let bytes = std::fs::metadata(&file)?.len();
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "export: {} events of one customer to a file in {secs:.2} s: {:.0} events/s ({:.0} MiB)",
+        args.events,
+        args.events as f64 / secs,
+        bytes as f64 / (1024.0 * 1024.0)
+    );
+
+    let mut privacy = PrivacyClient::new(channels[0].clone());
+    for (label, customer, events) in [("10 events", &small, 10), ("big", &big, args.events)] {
+        let request_id = format!("bench-{}", &customer[..8]);
+        let req = pb::EraseCustomerRequest {
+            customer_id: customer.clone(),
+            request_id: request_id.clone(),
+            legal_basis: "bench".into(),
+            requested_by: "bench".into(),
+        };
+        let t = Instant::now();
+        let r = privacy.erase_customer(req).await.context("erase failed")?.into_inner();
+        let call_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let status = r.status.context("no status")?;
+        let ms = |t: &Option<prost_types::Timestamp>| t.as_ref().map(|t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000));
+        let unreadable_ms = ms(&status.unreadable_at).unwrap_or(0) - ms(&status.requested_at).unwrap_or(0);
+        let purged = loop {
+            let s = privacy
+                .get_erasure_status(pb::GetErasureStatusRequest { request_id: request_id.clone(), customer_id: String::new() })
+                .await?
+                .into_inner()
+                .status
+                .context("no status")?;
+            if s.purged_at.is_some() {
+                break s;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let purge_ms = ms(&purged.purged_at).unwrap_or(0) - ms(&purged.unreadable_at).unwrap_or(0);
+        let _ = label;
+        println!(
+            "erasure of a customer with {events} events: EraseCustomer returned in {call_ms:.1} ms (unreadable {unreadable_ms} ms after the request was recorded); key purged from the files {purge_ms} ms after that"
+        );
     }
     Ok(())
 }

@@ -189,24 +189,25 @@ pub struct ProvenEvent {
     pub proof: Vec<Hash>,
 }
 
-/// Merkle nodes already read during one replay. Bounded: it is cleared when full.
+/// The roots of proof ranges `[start, end)` already computed during one replay or export, for one
+/// tree size. Neighbouring events share all but the lowest few. Bounded: cleared when full.
 #[derive(Debug, Default)]
 pub struct NodeCache {
-    nodes: std::collections::HashMap<(u8, u64), Hash>,
+    ranges: std::collections::HashMap<(u64, u64), Hash>,
 }
 
 impl NodeCache {
     const ENTRIES_MAX: usize = 1 << 16;
 
-    fn get(&mut self, level: u8, index: u64, read: impl FnOnce(u8, u64) -> Result<Hash, LedgerError>) -> Result<Hash, LedgerError> {
-        if let Some(h) = self.nodes.get(&(level, index)) {
+    fn range(&mut self, start: u64, end: u64, compute: impl FnOnce() -> Result<Hash, LedgerError>) -> Result<Hash, LedgerError> {
+        if let Some(h) = self.ranges.get(&(start, end)) {
             return Ok(*h);
         }
-        let h = read(level, index)?;
-        if self.nodes.len() >= Self::ENTRIES_MAX {
-            self.nodes.clear();
+        let h = compute()?;
+        if self.ranges.len() >= Self::ENTRIES_MAX {
+            self.ranges.clear();
         }
-        self.nodes.insert((level, index), h);
+        self.ranges.insert((start, end), h);
         Ok(h)
     }
 }
@@ -832,7 +833,9 @@ impl Ledger {
             let bytes = value?.ok_or_else(|| integrity(position, "event is missing"))?;
             let (event, sealed_hash) = self.decode_record_parts(position, &bytes, None)?.expect("no filter");
             let header = RecordRef::decode(&bytes)?.header.to_vec();
-            let proof = crate::merkle::inclusion_proof(position.0, tree_size, &mut |l, i| nodes.get(l, i, |l, i| self.merkle_node(l, i)))?;
+            let proof = crate::merkle::inclusion_proof_by_ranges(position.0, tree_size, &mut |start, end| {
+                nodes.range(start, end, || crate::merkle::range_root(start, end, &mut |l, i| self.merkle_node(l, i)))
+            })?;
             out.push(ProvenEvent { event, header, sealed_hash, proof });
         }
         Ok(out)

@@ -155,23 +155,29 @@ pub fn range_root<E>(start: u64, end: u64, node: &mut impl FnMut(u8, u64) -> Res
 /// The RFC 9162 inclusion proof (audit path) of leaf `index` in the tree of the first `size`
 /// leaves, from persisted complete subtrees. O(log n) node reads.
 pub fn inclusion_proof<E>(index: u64, size: u64, node: &mut impl FnMut(u8, u64) -> Result<Hash, E>) -> Result<Vec<Hash>, E> {
+    inclusion_proof_by_ranges(index, size, &mut |start, end| range_root(start, end, node))
+}
+
+/// `inclusion_proof`, with the roots of the proof's ranges `[start, end)` from `range`, so a caller
+/// proving many leaves of one tree can memoize them (neighbouring leaves share most ranges).
+pub fn inclusion_proof_by_ranges<E>(index: u64, size: u64, range: &mut impl FnMut(u64, u64) -> Result<Hash, E>) -> Result<Vec<Hash>, E> {
     assert!(index < size, "the leaf must be in the tree");
-    fn path<E>(m: u64, start: u64, n: u64, node: &mut impl FnMut(u8, u64) -> Result<Hash, E>, out: &mut Vec<Hash>) -> Result<(), E> {
+    fn path<E>(m: u64, start: u64, n: u64, range: &mut impl FnMut(u64, u64) -> Result<Hash, E>, out: &mut Vec<Hash>) -> Result<(), E> {
         if n == 1 {
             return Ok(());
         }
         let k = largest_power_of_two_below(n);
         if m < k {
-            path(m, start, k, node, out)?;
-            out.push(range_root(start + k, start + n, node)?);
+            path(m, start, k, range, out)?;
+            out.push(range(start + k, start + n)?);
         } else {
-            path(m - k, start + k, n - k, node, out)?;
-            out.push(range_root(start, start + k, node)?);
+            path(m - k, start + k, n - k, range, out)?;
+            out.push(range(start, start + k)?);
         }
         Ok(())
     }
-    let mut out = Vec::new();
-    path(index, 0, size, node, &mut out)?;
+    let mut out = Vec::with_capacity(64 - size.leading_zeros() as usize);
+    path(index, 0, size, range, &mut out)?;
     Ok(out)
 }
 
