@@ -31,6 +31,10 @@ pub enum Workload {
     /// erase both, timing the call, the time until unreadable and until the key is purged. Run a
     /// write workload first to give the ledger its size.
     Erasure,
+    /// W3: signed WhatsApp webhooks posted over HTTP by `--writers` concurrent clients,
+    /// `--events` messages from `--customers` numbers. Needs `--whatsapp-secret` and
+    /// `--phone-number-id` of a configured account.
+    W3,
     /// W1, then W1b, then W2.
     All,
 }
@@ -68,6 +72,15 @@ pub struct BenchArgs {
     /// Region of the customers the benchmark creates.
     #[arg(long, default_value = "eu")]
     pub region: String,
+    /// The webhook URL for W3.
+    #[arg(long, default_value = "http://127.0.0.1:8080/webhooks/whatsapp")]
+    pub webhook_url: String,
+    /// The WhatsApp app secret of the account W3 posts for.
+    #[arg(long, env = "LEDGER_BENCH_WHATSAPP_SECRET")]
+    pub whatsapp_secret: Option<String>,
+    /// The `phone_number_id` of the account W3 posts for.
+    #[arg(long, default_value = "106540352242922")]
+    pub phone_number_id: String,
     /// The server's C2SP verifier key (`ledgerd audit public-key`), for the replay workload.
     #[arg(long, env = "LEDGER_VERIFIER_KEY")]
     pub verifier_key: Option<String>,
@@ -103,6 +116,65 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if w == Workload::Erasure {
         erasure_workload(&args, &channels).await?;
     }
+    if w == Workload::W3 {
+        webhook_workload(&args).await?;
+    }
+    Ok(())
+}
+
+async fn webhook_workload(args: &BenchArgs) -> anyhow::Result<()> {
+    use hmac::Mac;
+    let secret = args.whatsapp_secret.clone().context("W3 needs --whatsapp-secret of a configured WhatsApp account")?;
+    let client = reqwest::Client::builder().pool_max_idle_per_host(args.writers).build()?;
+    let next = Arc::new(AtomicU64::new(0));
+    let total = args.events;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    for _ in 0..args.writers.max(1) {
+        let (client, next, secret, url, number, run) =
+            (client.clone(), next.clone(), secret.clone(), args.webhook_url.clone(), args.phone_number_id.clone(), run.clone());
+        let customers = args.customers.max(1) as u64;
+        tasks.push(tokio::spawn(async move {
+            let mut latencies_us = Vec::new();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    break;
+                }
+                let wa_id = format!("551198{:07}", n % customers);
+                let ts = 1_700_000_000 + n;
+                let body = format!(
+                    r#"{{"object":"whatsapp_business_account","entry":[{{"id":"1","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"15550783881","phone_number_id":"{number}"}},"contacts":[{{"profile":{{"name":"Bench"}},"wa_id":"{wa_id}"}}],"messages":[{{"from":"{wa_id}","id":"wamid.bench.{run}.{n}","timestamp":"{ts}","type":"text","text":{{"body":"benchmark message {n}"}}}}]}}}}]}}]}}"#
+                );
+                let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+                mac.update(body.as_bytes());
+                let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+                let t = Instant::now();
+                let resp = client.post(&url).header("content-type", "application/json").header("x-hub-signature-256", sig).body(body).send().await?;
+                anyhow::ensure!(resp.status().is_success(), "webhook answered {}", resp.status());
+                latencies_us.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+            }
+            anyhow::Ok(latencies_us)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    println!(
+        "W3: {} signed WhatsApp webhooks from {} numbers, {} clients: {:.2} s, {:.0} webhooks/s, latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        all.len(),
+        args.customers.min(args.events as usize),
+        args.writers,
+        elapsed,
+        all.len() as f64 / elapsed,
+        percentile(&all, 0.50),
+        percentile(&all, 0.99),
+        percentile(&all, 1.0),
+    );
     Ok(())
 }
 

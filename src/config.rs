@@ -67,6 +67,7 @@ struct FileConfig {
     limits: Limits,
     tuning: EngineTuning,
     erasure: erasure::ErasureConfig,
+    connectors: connectors::ConnectorsConfig,
 }
 
 /// The resolved configuration of a server.
@@ -82,6 +83,8 @@ pub struct ServeConfig {
     pub log_format: String,
     /// Downstream systems notified of erasures, and the outbox's retry bounds.
     pub erasure: erasure::ErasureConfig,
+    /// Channel accounts and webhook bounds.
+    pub connectors: connectors::ConnectorsConfig,
 }
 
 impl ServeConfig {
@@ -134,6 +137,7 @@ impl ServeConfig {
                 file.erasure.validate().map_err(|e| anyhow::anyhow!("invalid {e}"))?;
                 file.erasure
             },
+            connectors: file.connectors,
         })
     }
 }

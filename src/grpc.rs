@@ -216,6 +216,27 @@ fn filter_params(mut record: AccessRecord, f: &EventFilter) -> AccessRecord {
     record
 }
 
+/// Normalizes an API identifier (the connectors' rules), naming the field at fault.
+fn identifiers_from_pb(id: Option<pb::Identifier>, default_phone_region: &str) -> Result<Vec<ledger::identity::Identifier>, Status> {
+    use ledger::identity::IdentifierKind as K;
+    let id = id.ok_or_else(|| status(LedgerError::invalid("identifier", "is required")))?;
+    let kind = match pb::IdentifierKind::try_from(id.kind) {
+        Ok(pb::IdentifierKind::Phone) => K::Phone,
+        Ok(pb::IdentifierKind::Email) => K::Email,
+        Ok(pb::IdentifierKind::Whatsapp) => K::WhatsApp,
+        Ok(pb::IdentifierKind::Slack) => K::Slack,
+        Ok(pb::IdentifierKind::Teams) => K::Teams,
+        Ok(pb::IdentifierKind::External) => K::External,
+        Ok(pb::IdentifierKind::Unspecified) | Err(_) => return Err(status(LedgerError::invalid("identifier.kind", "must be a known kind"))),
+    };
+    let phone_region = if default_phone_region.is_empty() { "US" } else { default_phone_region };
+    connectors::identity::parse(kind, &id.value, phone_region).map_err(|e| {
+        let mut s = Status::invalid_argument(e.to_string());
+        s.metadata_mut().insert("ledger-error-code", ErrorCode::InvalidArgument.as_str().parse().expect("ascii"));
+        s
+    })
+}
+
 /// Messages buffered per read or subscription stream before the server waits for the client.
 const STREAM_BUFFER_MESSAGES: usize = 4;
 
@@ -278,6 +299,24 @@ impl pb::ledger_server::Ledger for LedgerService {
             root_hash: out.root.to_vec(),
             idempotent_replay: out.idempotent_replay,
         }))
+    }
+
+    async fn resolve_customer(&self, request: Request<pb::ResolveCustomerRequest>) -> Result<Response<pb::ResolveCustomerResponse>, Status> {
+        let req = request.into_inner();
+        let region = ledger::types::Region::parse(&req.region, "region").map_err(status)?;
+        let ids = identifiers_from_pb(req.identifier, &req.default_phone_region)?;
+        match self.ledger.resolve_customer(&ids, &region, req.create).await.map_err(status)? {
+            Some((customer, created)) => Ok(Response::new(pb::ResolveCustomerResponse { customer_id: customer.to_string(), created })),
+            None => Err(status(LedgerError::NotFound { what: "customer with that identifier" })),
+        }
+    }
+
+    async fn link_identifier(&self, request: Request<pb::LinkIdentifierRequest>) -> Result<Response<pb::LinkIdentifierResponse>, Status> {
+        let req = request.into_inner();
+        let customer = CustomerId::parse(&req.customer_id, "customer_id").map_err(status)?;
+        let ids = identifiers_from_pb(req.identifier, &req.default_phone_region)?;
+        self.ledger.link_identifiers(customer, &ids).await.map_err(status)?;
+        Ok(Response::new(pb::LinkIdentifierResponse {}))
     }
 
     type ReadStreamStream = ReceiverStream<Result<pb::ReadStreamResponse, Status>>;

@@ -1,5 +1,5 @@
-//! The HTTP port: `/healthz` (the process is up), `/readyz` (the ledger accepts writes) and
-//! Prometheus `/metrics`.
+//! The HTTP port: `/healthz` (the process is up), `/readyz` (the ledger accepts writes),
+//! Prometheus `/metrics`, and the channel webhooks (`connectors::http`).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -15,12 +15,13 @@ struct AppState {
 }
 
 /// The HTTP routes.
-pub fn router(ledger: Ledger, prometheus: PrometheusHandle) -> Router {
+pub fn router(ledger: Ledger, prometheus: PrometheusHandle, webhooks: std::sync::Arc<connectors::http::Webhooks>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .with_state(AppState { ledger, prometheus })
+        .merge(connectors::http::router(webhooks))
 }
 
 async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {

@@ -194,7 +194,10 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
             let _ = grpc_stop.wait_for(|s| *s).await;
         });
     let mut http_stop = shutdown_rx.clone();
-    let http_server = axum::serve(http_listener, http::router(ledger.clone(), prometheus))
+    let ingestor = connectors::Ingestor::open(ledger.clone(), config.connectors.conversation_gap_secs)
+        .map_err(|e| anyhow::anyhow!("refusing to serve: {e}"))?;
+    let webhooks = connectors::http::Webhooks::new(ingestor, config.connectors.clone());
+    let http_server = axum::serve(http_listener, http::router(ledger.clone(), prometheus, webhooks))
         .with_graceful_shutdown(async move {
             let _ = http_stop.wait_for(|s| *s).await;
         });

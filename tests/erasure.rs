@@ -13,7 +13,7 @@ use proto::v1 as pb;
 use proto::v1::privacy_client::PrivacyClient;
 use tonic::Code;
 
-const CFS: [&str; 7] = ["events", "streams", "event_ids", "customers", "keys", "merkle", "meta"];
+const CFS: [&str; 9] = ledger::store::ALL_CFS;
 
 async fn privacy(server: &Server) -> PrivacyClient<tonic::transport::Channel> {
     PrivacyClient::connect(server.endpoint()).await.unwrap().max_decoding_message_size(64 * 1024 * 1024)

@@ -7,7 +7,7 @@ use std::process::Command;
 use common::*;
 
 fn tamper_event(data_dir: &std::path::Path, position: u64) {
-    let cfs = ["events", "streams", "event_ids", "customers", "keys", "merkle", "meta"];
+    let cfs = ledger::store::ALL_CFS;
     let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), data_dir.join("db"), cfs).unwrap();
     let cf = db.cf_handle("events").unwrap();
     let mut value = db.get_cf(cf, position.to_be_bytes()).unwrap().unwrap();

@@ -139,7 +139,7 @@ async fn verification_keeps_working_after_the_key_is_destroyed() {
 
     // Destroy A's wrapped data key directly (the erasure workflow will do this through the API).
     {
-        let cfs = ["events", "streams", "event_ids", "customers", "keys", "merkle", "meta"];
+        let cfs = ledger::store::ALL_CFS;
         let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), data.path().join("db"), cfs).unwrap();
         let keys = db.cf_handle("keys").unwrap();
         let id = uuid::Uuid::parse_str(&a).unwrap();

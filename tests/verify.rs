@@ -47,7 +47,7 @@ async fn honest_growth_verifies_and_a_rewritten_event_fails() {
     // the whole Merkle tree and the stored root to match, so the server's own startup and read
     // checks pass, and serves the rewritten history under the same key.
     {
-        let cfs = ["events", "streams", "event_ids", "customers", "keys", "merkle", "meta"];
+        let cfs = ledger::store::ALL_CFS;
         let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir.path().join("db"), cfs).unwrap();
         let events = db.cf_handle("events").unwrap();
         let record = db.get_cf(events, 3u64.to_be_bytes()).unwrap().unwrap();

@@ -2,33 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A secret from configuration: never printed by `Debug`, zeroized on drop.
-#[derive(Clone, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(text: impl Into<String>) -> Self {
-        Secret(text.into())
-    }
-    /// The secret's text, for signing only.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-impl Drop for Secret {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.0);
-    }
-}
+pub use ledger::secret::Secret;
 
 /// A system that must hear of every erasure.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]

@@ -77,6 +77,10 @@ struct KeyringFile {
     format: u32,
     /// Region -> versions, oldest first.
     regions: BTreeMap<String, Vec<KekFileEntry>>,
+    /// Region -> blind-index key (base64). Not rotated with the KEK: every identifier's index
+    /// row is keyed by it.
+    #[serde(default)]
+    index_keys: BTreeMap<String, String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -103,6 +107,7 @@ struct Kek {
 pub struct Keyring {
     path: PathBuf,
     regions: HashMap<Region, Vec<Kek>>,
+    index_keys: HashMap<Region, Zeroizing<[u8; 32]>>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -124,12 +129,16 @@ impl Keyring {
             }
             file
         } else {
-            KeyringFile { format: KEYRING_FORMAT, regions: BTreeMap::new() }
+            KeyringFile { format: KEYRING_FORMAT, regions: BTreeMap::new(), index_keys: BTreeMap::new() }
         };
         let mut changed = !path.exists();
         for region in regions {
             if !file.regions.contains_key(region.as_str()) {
                 file.regions.insert(region.as_str().to_owned(), vec![new_kek_entry(1)]);
+                changed = true;
+            }
+            if !file.index_keys.contains_key(region.as_str()) {
+                file.index_keys.insert(region.as_str().to_owned(), new_kek_entry(0).key.clone());
                 changed = true;
             }
         }
@@ -156,7 +165,18 @@ impl Keyring {
             keks.sort_by_key(|k| k.version);
             loaded.insert(region, keks);
         }
-        Ok((Keyring { path: path.to_owned(), regions: loaded }, changed))
+        let mut index_keys = HashMap::new();
+        for (name, key) in &file.index_keys {
+            let region = Region::parse(name, "keyring region")?;
+            let bytes = Zeroizing::new(
+                base64::engine::general_purpose::STANDARD
+                    .decode(key)
+                    .map_err(|_| LedgerError::Corrupt(format!("keyring index key {name} is not base64")))?,
+            );
+            let key: [u8; 32] = bytes[..].try_into().map_err(|_| LedgerError::Corrupt(format!("keyring index key {name} is not 32 bytes")))?;
+            index_keys.insert(region, Zeroizing::new(key));
+        }
+        Ok((Keyring { path: path.to_owned(), regions: loaded, index_keys }, changed))
     }
 
     fn read_file(&self) -> Result<KeyringFile, LedgerError> {
@@ -205,6 +225,15 @@ impl Keyring {
             keks.retain(|k| k.version != version);
         }
         Ok(())
+    }
+
+    /// The blind index of `data` in `region`: HMAC-SHA256 under the region's index key. Rows keyed
+    /// by it reveal nothing about the identifier without the key.
+    pub fn blind(&self, region: &Region, data: &[u8]) -> Result<[u8; 32], LedgerError> {
+        let key = self.index_keys.get(region).ok_or(LedgerError::Crypto("no blind-index key for this region"))?;
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key[..]).expect("HMAC takes any key length");
+        mac.update(data);
+        Ok(mac.finalize().into_bytes().into())
     }
 
     /// The KEK versions of `region`, oldest first.

@@ -25,9 +25,14 @@ pub const CF_KEYS: &str = "keys";
 pub const CF_MERKLE: &str = "merkle";
 /// name -> ledger-wide state (tree size and root, format version).
 pub const CF_META: &str = "meta";
+/// region, blind index of an identifier -> customer (identity resolution without plaintext).
+pub const CF_IDENTITY: &str = "identity";
+/// customer, region, blind index -> nothing: the customer's identity rows, for erasure.
+pub const CF_IDENTITY_BY_CUSTOMER: &str = "identity_by_customer";
 
 /// Every column family, in the order they are opened.
-pub const ALL_CFS: [&str; 7] = [CF_EVENTS, CF_STREAMS, CF_EVENT_IDS, CF_CUSTOMERS, CF_KEYS, CF_MERKLE, CF_META];
+pub const ALL_CFS: [&str; 9] =
+    [CF_EVENTS, CF_STREAMS, CF_EVENT_IDS, CF_CUSTOMERS, CF_KEYS, CF_MERKLE, CF_META, CF_IDENTITY, CF_IDENTITY_BY_CUSTOMER];
 
 /// Meta key of the committed tree state.
 pub const META_TREE: &[u8] = b"tree";
@@ -58,7 +63,7 @@ fn cf_options(name: &str, cache: &Cache) -> Options {
     table.set_block_cache(cache);
     match name {
         // Point lookups: a bloom filter keeps misses (new event ids, new customers) off the disk.
-        CF_EVENT_IDS | CF_CUSTOMERS | CF_KEYS | CF_STREAMS => table.set_bloom_filter(10.0, false),
+        CF_EVENT_IDS | CF_CUSTOMERS | CF_KEYS | CF_STREAMS | CF_IDENTITY => table.set_bloom_filter(10.0, false),
         _ => {}
     }
     opts.set_block_based_table_factory(&table);
@@ -111,6 +116,23 @@ pub fn stream_key(prefix: &[u8], version: StreamVersion) -> Vec<u8> {
     let mut key = Vec::with_capacity(prefix.len() + 8);
     key.extend_from_slice(prefix);
     key.extend_from_slice(&version.0.to_be_bytes());
+    key
+}
+
+/// The key of an identity row: u8 region length, region, blind index.
+pub fn identity_key(region: &Region, blind: &[u8; 32]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + region.as_str().len() + 32);
+    key.push(region.as_str().len() as u8);
+    key.extend_from_slice(region.as_str().as_bytes());
+    key.extend_from_slice(blind);
+    key
+}
+
+/// The key of a customer's reverse identity row: customer, then the identity key.
+pub fn identity_by_customer_key(customer: CustomerId, identity_key: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(16 + identity_key.len());
+    key.extend_from_slice(customer.as_bytes());
+    key.extend_from_slice(identity_key);
     key
 }
 

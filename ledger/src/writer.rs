@@ -44,7 +44,23 @@ pub(crate) enum Control {
     /// Replace key rows that still hold the expected bytes (rewrapping under a new KEK). A row
     /// that changed meanwhile (erased) is left alone.
     Rewrap { rows: Vec<(CustomerId, Vec<u8>, Vec<u8>)>, reply: oneshot::Sender<Result<usize, LedgerError>> },
+    /// Find the customer any of the identity keys belongs to and link the others to it; with
+    /// `create` and no match, create that customer with all of them, in one synced batch. Being
+    /// on the writer makes concurrent first messages from one new identifier create one customer.
+    Identify {
+        keys: Vec<Vec<u8>>,
+        create: Option<(CustomerId, NewCustomer)>,
+        reply: oneshot::Sender<Result<Option<(CustomerId, bool)>, LedgerError>>,
+    },
+    /// Attach identity keys to an existing, active customer. Refused if one belongs to another.
+    Link { customer: CustomerId, keys: Vec<Vec<u8>>, reply: oneshot::Sender<Result<(), LedgerError>> },
 }
+
+/// Identity requests grouped into one synced batch, at most.
+const IDENTIFY_GROUP_MAX: usize = 1024;
+
+/// One queued identity request: identity keys, the customer to create if none matches, the reply.
+type IdentifyRequest = (Vec<Vec<u8>>, Option<(CustomerId, NewCustomer)>, oneshot::Sender<Result<Option<(CustomerId, bool)>, LedgerError>>);
 
 /// What erasing a customer's key found and did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,10 +179,16 @@ impl Writer {
     /// Runs until a `Shutdown` message or until every sender is gone.
     pub fn run(mut self, mut rx: mpsc::Receiver<WriterMsg>) {
         let mut batch: Vec<AppendCommand> = Vec::new();
+        // A message taken off the queue while grouping identity requests, handled next round.
+        let mut carry: Option<WriterMsg> = None;
         loop {
             let mut stop = false;
             let mut control = None;
-            match rx.blocking_recv() {
+            let first = match carry.take() {
+                Some(m) => Some(m),
+                None => rx.blocking_recv(),
+            };
+            match first {
                 Some(WriterMsg::Append(cmd)) => batch.push(cmd),
                 Some(WriterMsg::Control(c)) => control = Some(c),
                 Some(WriterMsg::Shutdown) | None => stop = true,
@@ -188,8 +210,25 @@ impl Writer {
             if !batch.is_empty() {
                 self.commit(std::mem::take(&mut batch));
             }
-            if let Some(c) = control {
-                self.control(c);
+            match control {
+                Some(Control::Identify { keys, create, reply }) => {
+                    // Identity requests that queued up together share one synced batch: a burst
+                    // of first messages from new numbers costs one fsync, not one each.
+                    let mut group = vec![(keys, create, reply)];
+                    while group.len() < IDENTIFY_GROUP_MAX {
+                        match rx.try_recv() {
+                            Ok(WriterMsg::Control(Control::Identify { keys, create, reply })) => group.push((keys, create, reply)),
+                            Ok(other) => {
+                                carry = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.identify_group(group);
+                }
+                Some(c) => self.control(c),
+                None => {}
             }
             if stop {
                 break;
@@ -278,7 +317,106 @@ impl Writer {
             Control::Rewrap { rows, reply } => {
                 let _ = reply.send(self.rewrap(rows));
             }
+            Control::Identify { keys, create, reply } => self.identify_group(vec![(keys, create, reply)]),
+            Control::Link { customer, keys, reply } => {
+                let _ = reply.send(self.link(customer, keys));
+            }
         }
+    }
+
+    fn identity_owner(&self, key: &[u8]) -> Result<Option<CustomerId>, LedgerError> {
+        match self.db.get_pinned_cf(self.cf(store::CF_IDENTITY), key)? {
+            Some(bytes) => Ok(Some(CustomerId(
+                uuid::Uuid::from_slice(&bytes).map_err(|_| LedgerError::Corrupt("identity row with a bad customer id".into()))?,
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    fn put_identity(&self, wb: &mut WriteBatch, customer: CustomerId, key: &[u8]) {
+        wb.put_cf(self.cf(store::CF_IDENTITY), key, customer.as_bytes());
+        wb.put_cf(self.cf(store::CF_IDENTITY_BY_CUSTOMER), store::identity_by_customer_key(customer, key), []);
+    }
+
+    /// Resolves a group of identity requests in order, in one synced batch. `assigned` holds the
+    /// rows earlier requests of the group added, so two requests for one new identifier in the
+    /// same group still make one customer.
+    fn identify_group(&mut self, group: Vec<IdentifyRequest>) {
+        let mut wb = WriteBatch::default();
+        let mut assigned: HashMap<Vec<u8>, CustomerId> = HashMap::new();
+        let mut answers = Vec::with_capacity(group.len());
+        let mut created_any = Vec::new();
+        let mut changed = false;
+        for (keys, create, reply) in group {
+            let result = (|| -> Result<Option<(CustomerId, bool)>, LedgerError> {
+                let mut owner = None;
+                for key in &keys {
+                    let found = match assigned.get(key) {
+                        Some(c) => Some(*c),
+                        None => self.identity_owner(key)?,
+                    };
+                    if found.is_some() {
+                        owner = found;
+                        break;
+                    }
+                }
+                let (customer, created) = match (owner, create) {
+                    (Some(c), _) => (c, false),
+                    (None, Some((c, nc))) => {
+                        wb.put_cf(self.cf(store::CF_CUSTOMERS), c.as_bytes(), nc.record.encode());
+                        wb.put_cf(self.cf(store::CF_KEYS), c.as_bytes(), store::encode_key_record(nc.kek_version, &nc.wrapped_dek));
+                        (c, true)
+                    }
+                    (None, None) => return Ok(None),
+                };
+                for key in &keys {
+                    if !assigned.contains_key(key) && self.identity_owner(key)?.is_none() {
+                        self.put_identity(&mut wb, customer, key);
+                        assigned.insert(key.clone(), customer);
+                        changed = true;
+                    }
+                }
+                Ok(Some((customer, created)))
+            })();
+            if let Ok(Some((c, true))) = &result {
+                created_any.push(*c);
+                changed = true;
+            }
+            answers.push((reply, result));
+        }
+        let written = if changed { self.write_synced(wb) } else { Ok(()) };
+        if written.is_ok() {
+            self.known_customers.extend(created_any);
+        }
+        for (reply, result) in answers {
+            let _ = reply.send(match &written {
+                Ok(()) => result,
+                Err(_) => Err(LedgerError::Poisoned),
+            });
+        }
+    }
+
+    fn link(&mut self, customer: CustomerId, keys: Vec<Vec<u8>>) -> Result<(), LedgerError> {
+        let bytes = self.db.get_cf(self.cf(store::CF_CUSTOMERS), customer.as_bytes())?.ok_or(LedgerError::NotFound { what: "customer" })?;
+        if CustomerRecord::decode(&bytes)?.state == CustomerState::Erased {
+            return Err(LedgerError::CustomerErased { customer: customer.to_string() });
+        }
+        let mut wb = WriteBatch::default();
+        let mut changed = false;
+        for key in &keys {
+            match self.identity_owner(key)? {
+                Some(c) if c == customer => {}
+                Some(_) => return Err(LedgerError::invalid("identifier", "already belongs to another customer")),
+                None => {
+                    self.put_identity(&mut wb, customer, key);
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.write_synced(wb)?;
+        }
+        Ok(())
     }
 
     /// Writes a control batch with sync; a failure poisons the store like a failed append.
@@ -314,6 +452,16 @@ impl Writer {
         // drops the tombstone and every older version alike.
         wb.delete_cf(keys_cf, customer.as_bytes());
         wb.put_cf(customers_cf, customer.as_bytes(), record.encode());
+        // The blind-index rows go in the same batch: nothing leads from an identifier to the
+        // customer any more.
+        for item in self.db.prefix_iterator_cf(self.cf(store::CF_IDENTITY_BY_CUSTOMER), customer.as_bytes()) {
+            let (key, _) = item?;
+            if !key.starts_with(customer.as_bytes()) {
+                break;
+            }
+            wb.delete_cf(self.cf(store::CF_IDENTITY), &key[16..]);
+            wb.delete_cf(self.cf(store::CF_IDENTITY_BY_CUSTOMER), &key);
+        }
         self.write_synced(wb)?;
         self.known_customers.remove(&customer);
         Ok(ErasedKey { region: record.region, fingerprint, already_erased: false })

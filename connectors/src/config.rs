@@ -1,0 +1,85 @@
+//! Channel accounts and webhook bounds, from the server's configuration file. Secrets have a
+//! redacted `Debug` and are zeroized on drop.
+
+use serde::{Deserialize, Serialize};
+
+pub use ledger::secret::Secret;
+
+/// A WhatsApp Business number.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WhatsAppAccount {
+    /// Meta's `phone_number_id` of the business number.
+    pub phone_number_id: String,
+    /// The app secret that signs webhooks (`X-Hub-Signature-256`).
+    pub app_secret: Secret,
+    /// The token Meta's verification handshake must present.
+    pub verify_token: Secret,
+    /// Region new customers of this number are created in.
+    pub region: String,
+    /// ISO 3166 region for phone numbers written without a country code.
+    #[serde(default = "default_phone_region")]
+    pub default_phone_region: String,
+}
+
+/// A Slack workspace.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SlackAccount {
+    /// The workspace's `team_id`.
+    pub team_id: String,
+    /// The app's signing secret.
+    pub signing_secret: Secret,
+    /// Region new customers are created in.
+    pub region: String,
+}
+
+/// A Twilio account (SMS, and WhatsApp via Twilio).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TwilioAccount {
+    /// The `AccountSid`.
+    pub account_sid: String,
+    /// The auth token that signs webhooks (`X-Twilio-Signature`).
+    pub auth_token: Secret,
+    /// Region new customers are created in.
+    pub region: String,
+    /// ISO 3166 region for phone numbers written without a country code.
+    #[serde(default = "default_phone_region")]
+    pub default_phone_region: String,
+}
+
+fn default_phone_region() -> String {
+    "US".into()
+}
+
+/// Everything the webhook receivers need.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectorsConfig {
+    /// An inbound message opens a new conversation after this long without one, in seconds.
+    pub conversation_gap_secs: u64,
+    /// Largest webhook body, in bytes (413 above).
+    pub body_bytes_max: usize,
+    /// The public base URL providers call (Twilio signs the full URL), e.g. `https://ledger.example.com`.
+    pub public_url: String,
+    /// WhatsApp Business numbers.
+    pub whatsapp: Vec<WhatsAppAccount>,
+    /// Slack workspaces.
+    pub slack: Vec<SlackAccount>,
+    /// Twilio accounts.
+    pub twilio: Vec<TwilioAccount>,
+}
+
+impl Default for ConnectorsConfig {
+    fn default() -> Self {
+        ConnectorsConfig {
+            conversation_gap_secs: 24 * 3600,
+            body_bytes_max: 1024 * 1024,
+            public_url: "http://127.0.0.1:8080".into(),
+            whatsapp: Vec::new(),
+            slack: Vec::new(),
+            twilio: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! From a verified, parsed webhook to a durable event: the provider's id becomes the event id
+//! (keyed, so a redelivery maps to the same event and is not written again), identity resolution
+//! runs first, the message joins the customer's open conversation on its channel or opens one, and
+//! the append is synced before the webhook is answered.
+//!
+//! The connectors keep a small RocksDB of their own under `<data_dir>/connectors`:
+//! `conversations` (customer, channel -> open conversation and its last message time) and
+//! `statuses` (keyed message id -> newest status), both derivable from the log.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use ledger::identity::Identifier;
+use ledger::types::{Channel, CustomerId, Direction, EventType, ExpectedVersion, Metadata, Region, StreamName, UnixMillis};
+use ledger::{AppendInput, Ledger, LedgerError, NewEvent};
+use rocksdb::{ColumnFamilyDescriptor, Options, DB};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ConnectorError;
+use crate::normalize::{Inbound, NormalizedMessage, RawIdentity};
+
+const CF_CONVERSATIONS: &str = "conversations";
+const CF_STATUSES: &str = "statuses";
+
+/// What happened to one inbound message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Appended now.
+    Appended,
+    /// Already in the ledger (a provider redelivery): nothing written.
+    Duplicate,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Conversation {
+    stream: String,
+    last_ms: i64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+struct StatusView {
+    status: String,
+    provider_timestamp_ms: i64,
+}
+
+/// Status order for equal timestamps: a later stage wins.
+fn rank(status: &str) -> u8 {
+    match status {
+        "queued" | "accepted" => 0,
+        "sent" => 1,
+        "delivered" => 2,
+        "read" => 3,
+        "failed" | "undelivered" => 4,
+        _ => 0,
+    }
+}
+
+fn channel_of(name: &str) -> Channel {
+    match name {
+        "whatsapp" => Channel::Whatsapp,
+        "slack" => Channel::Slack,
+        "sms" => Channel::Sms,
+        "email" => Channel::Email,
+        "teams" => Channel::Teams,
+        _ => Channel::Chat,
+    }
+}
+
+/// Appends normalized messages to the ledger.
+pub struct Ingestor {
+    ledger: Ledger,
+    db: DB,
+    conversation_gap_ms: i64,
+    /// One lock per customer, so a conversation is chosen and extended by one message at a time.
+    locks: Mutex<HashMap<CustomerId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Most per-customer locks kept; the map is cleared when it grows past this (a lock in use is
+/// held through its `Arc`, so clearing never breaks mutual exclusion for a running message).
+const LOCKS_MAX: usize = 100_000;
+
+impl Ingestor {
+    /// Opens the connectors' store under `<data_dir>/connectors`.
+    pub fn open(ledger: Ledger, conversation_gap_secs: u64) -> Result<Self, ConnectorError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let path = ledger.config().data_dir.join("connectors");
+        let cfs = [CF_CONVERSATIONS, CF_STATUSES].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        Ok(Ingestor {
+            ledger,
+            db,
+            conversation_gap_ms: i64::try_from(conversation_gap_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+            locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The ledger it appends to.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    fn lock_of(&self, customer: CustomerId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().expect("locks");
+        if locks.len() > LOCKS_MAX {
+            locks.clear();
+        }
+        locks.entry(customer).or_default().clone()
+    }
+
+    fn identifiers(identity: &RawIdentity, default_phone_region: &str) -> Result<Vec<Identifier>, ConnectorError> {
+        match identity {
+            RawIdentity::WhatsApp(wa_id) => crate::identity::whatsapp(wa_id, default_phone_region),
+            RawIdentity::Phone(p) => Ok(vec![crate::identity::phone(p, default_phone_region)?]),
+            RawIdentity::Slack(u) => crate::identity::parse(ledger::identity::IdentifierKind::Slack, u, default_phone_region),
+        }
+    }
+
+    /// The idempotency key of a message: the provider's id (for a status: the id and the status).
+    fn event_key(m: &NormalizedMessage) -> String {
+        match &m.status {
+            // Each status is reached once per message; Twilio's callbacks carry no time of their own.
+            Some(s) => format!("status:{}:{}", m.provider_message_id, s.status),
+            None => m.provider_message_id.clone(),
+        }
+    }
+
+    /// Appends one inbound message (or status) for the account's region. Returns after the event
+    /// is durable, or reports a duplicate.
+    pub async fn ingest(&self, region: &Region, default_phone_region: &str, inbound: Inbound) -> Result<Outcome, ConnectorError> {
+        let m = inbound.message;
+        let event_id = self.ledger.keyed_event_id(region, &m.channel, &Self::event_key(&m))?;
+        if self.ledger.event_exists(event_id)? {
+            metrics::counter!("ledger_webhook_messages_total", "outcome" => "duplicate").increment(1);
+            return Ok(Outcome::Duplicate);
+        }
+        let ids = Self::identifiers(&inbound.identity, default_phone_region)?;
+        let (customer, _) = self.ledger.resolve_customer(&ids, region, true).await?.expect("create is set");
+        let lock = self.lock_of(customer);
+        let _one_at_a_time = lock.lock().await;
+        let channel = channel_of(&m.channel);
+        let conv_key = [customer.as_bytes().as_slice(), &[channel as u8]].concat();
+        let conv_cf = self.db.cf_handle(CF_CONVERSATIONS).expect("cf");
+        let current: Option<Conversation> = self.db.get_cf(conv_cf, &conv_key)?.and_then(|b| serde_json::from_slice(&b).ok());
+        let is_message = m.kind == "message";
+        let stream = match &current {
+            Some(c) if !is_message || m.provider_timestamp_ms - c.last_ms <= self.conversation_gap_ms => c.stream.clone(),
+            _ => format!("conv.{}.{}", m.channel, &uuid::Uuid::new_v4().simple().to_string()[..16]),
+        };
+        let limits = &self.ledger.config().limits;
+        let event_type = if is_message { "MessageReceived" } else { "MessageStatusUpdated" };
+        let input = AppendInput {
+            customer,
+            region: Some(region.clone()),
+            stream: StreamName::parse(&stream, "stream", limits)?,
+            expected: ExpectedVersion::Any,
+            events: vec![NewEvent {
+                event_id,
+                event_type: EventType::parse(event_type, "event_type", limits)?,
+                channel,
+                direction: if m.direction == "inbound" { Direction::Inbound } else { Direction::Outbound },
+                occurred_at: Some(UnixMillis(m.provider_timestamp_ms)),
+                metadata: Metadata::new(),
+                payload: serde_json::to_vec(&m).expect("serializes"),
+                schema_version: crate::normalize::SCHEMA_VERSION,
+            }],
+        };
+        match self.ledger.append(input).await {
+            Ok(_) => {}
+            // A concurrent redelivery won the race (it may have picked another stream).
+            Err(LedgerError::DuplicateEventId { .. }) => return Ok(Outcome::Duplicate),
+            Err(e) => return Err(e.into()),
+        }
+        if is_message {
+            let last_ms = current.as_ref().filter(|c| c.stream == stream).map_or(m.provider_timestamp_ms, |c| c.last_ms.max(m.provider_timestamp_ms));
+            self.db.put_cf(conv_cf, &conv_key, serde_json::to_vec(&Conversation { stream, last_ms }).expect("serializes"))?;
+        } else if let Some(s) = &m.status {
+            self.record_status(region, &m, s)?;
+        }
+        metrics::counter!("ledger_webhook_messages_total", "outcome" => "appended").increment(1);
+        Ok(Outcome::Appended)
+    }
+
+    /// Keeps the newest status per message: by provider time, then by stage, so a late-arriving
+    /// earlier status never replaces a later one.
+    fn record_status(&self, region: &Region, m: &NormalizedMessage, s: &crate::normalize::Status) -> Result<(), ConnectorError> {
+        let key = self.ledger.keyed_event_id(region, &m.channel, &m.provider_message_id)?;
+        let cf = self.db.cf_handle(CF_STATUSES).expect("cf");
+        let newer = StatusView { status: s.status.clone(), provider_timestamp_ms: m.provider_timestamp_ms };
+        let keep = match self.db.get_cf(cf, key.as_bytes())?.and_then(|b| serde_json::from_slice::<StatusView>(&b).ok()) {
+            Some(old) => (old.provider_timestamp_ms, rank(&old.status)) > (newer.provider_timestamp_ms, rank(&newer.status)),
+            None => false,
+        };
+        if !keep {
+            self.db.put_cf(cf, key.as_bytes(), serde_json::to_vec(&newer).expect("serializes"))?;
+        }
+        Ok(())
+    }
+
+    /// The newest status of a message the provider knows as `provider_message_id`.
+    pub fn message_status(&self, region: &Region, channel: &str, provider_message_id: &str) -> Result<Option<String>, ConnectorError> {
+        let key = self.ledger.keyed_event_id(region, channel, provider_message_id)?;
+        let cf = self.db.cf_handle(CF_STATUSES).expect("cf");
+        Ok(self.db.get_cf(cf, key.as_bytes())?.and_then(|b| serde_json::from_slice::<StatusView>(&b).ok()).map(|v| v.status))
+    }
+}

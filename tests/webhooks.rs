@@ -1,0 +1,230 @@
+//! Channel webhooks against the `ledgerd` binary: signatures over the raw bytes (bad or missing is
+//! 401, nothing written), size limits (413), malformed bodies (400 naming the field), every fixture
+//! ingested into the expected normalized event, each posted three times yielding one event, and
+//! identity resolution (three ways of writing one number, linking, erasure) over gRPC.
+
+mod common;
+use std::io::{Read, Write};
+use std::path::Path;
+
+use common::*;
+use hmac::Mac;
+use proto::v1 as pb;
+
+const WA_SECRET: &str = "wa-app-secret";
+const SLACK_SECRET: &str = "slack-signing-secret";
+const TWILIO_TOKEN: &str = "twilio-auth-token";
+const PUBLIC_URL: &str = "https://ledger.example.com";
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/channels").join(name)).unwrap()
+}
+
+fn start() -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ledgerd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[connectors]\nbody_bytes_max = 65536\npublic_url = \"{PUBLIC_URL}\"\n\
+             [[connectors.whatsapp]]\nphone_number_id = \"106540352242922\"\napp_secret = \"{WA_SECRET}\"\nverify_token = \"verify-me\"\nregion = \"eu\"\ndefault_phone_region = \"BR\"\n\
+             [[connectors.slack]]\nteam_id = \"T1DC2JH3J\"\nsigning_secret = \"{SLACK_SECRET}\"\nregion = \"eu\"\n\
+             [[connectors.twilio]]\naccount_sid = \"ACaaaabbbbccccddddeeeeffff00001111\"\nauth_token = \"{TWILIO_TOKEN}\"\nregion = \"us\"\n"
+        ),
+    )
+    .unwrap();
+    (Server::start(&["--config", config.to_str().unwrap()]), dir)
+}
+
+/// A raw HTTP/1.1 request; returns (status, body).
+fn request(server: &Server, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(&server.http_addr).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    let _ = s.write_all(body);
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let status = text.split_whitespace().nth(1).unwrap_or("0").parse().unwrap();
+    (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+}
+
+fn hmac256(key: &str, parts: &[&[u8]]) -> Vec<u8> {
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
+    for p in parts {
+        mac.update(p);
+    }
+    mac.finalize().into_bytes().to_vec()
+}
+
+fn whatsapp_headers(body: &[u8]) -> Vec<(&'static str, String)> {
+    vec![("Content-Type", "application/json".into()), ("X-Hub-Signature-256", format!("sha256={}", hex::encode(hmac256(WA_SECRET, &[body]))))]
+}
+
+fn slack_headers(body: &[u8], ts: i64) -> Vec<(&'static str, String)> {
+    let t = ts.to_string();
+    let sig = hex::encode(hmac256(SLACK_SECRET, &[b"v0:", t.as_bytes(), b":", body]));
+    vec![("Content-Type", "application/json".into()), ("X-Slack-Request-Timestamp", t), ("X-Slack-Signature", format!("v0={sig}"))]
+}
+
+fn twilio_headers(body: &[u8]) -> Vec<(&'static str, String)> {
+    use base64::Engine as _;
+    let mut params: Vec<(String, String)> = form_urlencoded::parse(body).into_owned().collect();
+    params.sort();
+    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(TWILIO_TOKEN.as_bytes()).unwrap();
+    mac.update(format!("{PUBLIC_URL}/webhooks/twilio").as_bytes());
+    for (k, v) in &params {
+        mac.update(k.as_bytes());
+        mac.update(v.as_bytes());
+    }
+    let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    vec![("Content-Type", "application/x-www-form-urlencoded".into()), ("X-Twilio-Signature", sig)]
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+async fn customer_events(server: &Server) -> Vec<pb::RecordedEvent> {
+    read_customer_events(&mut server.client().await).await
+}
+
+fn payload(e: &pb::RecordedEvent) -> serde_json::Value {
+    serde_json::from_slice(&e.payload).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fixture_ingests_once_and_bad_requests_write_nothing() {
+    let (server, _dir) = start();
+    // WhatsApp handshake.
+    let (code, body) = request(&server, "GET", "/webhooks/whatsapp?hub.mode=subscribe&hub.verify_token=verify-me&hub.challenge=12345", &[], b"");
+    assert_eq!((code, body.as_str()), (200, "12345"));
+    assert_eq!(request(&server, "GET", "/webhooks/whatsapp?hub.mode=subscribe&hub.verify_token=wrong&hub.challenge=1", &[], b"").0, 403);
+
+    // Refusals first: nothing may be written by any of them.
+    let wa = fixture("whatsapp-inbound-text.json");
+    assert_eq!(request(&server, "POST", "/webhooks/whatsapp", &[], &wa).0, 401, "missing signature");
+    let mut flipped = wa.clone();
+    flipped[40] ^= 1;
+    assert_eq!(request(&server, "POST", "/webhooks/whatsapp", &whatsapp_headers(&wa), &flipped).0, 401, "a changed body");
+    let bad = b"{\"object\":\"whatsapp_business_account\",\"entry\":[{\"changes\":[{\"field\":\"messages\",\"value\":{\"metadata\":{}}}]}]}";
+    let (code, body) = request(&server, "POST", "/webhooks/whatsapp", &whatsapp_headers(bad), bad);
+    assert_eq!(code, 400);
+    assert!(body.contains("phone_number_id"), "{body}");
+    let big = vec![b' '; 70_000];
+    assert_eq!(request(&server, "POST", "/webhooks/whatsapp", &whatsapp_headers(&big), &big).0, 413);
+    let slack = fixture("slack-event-message.json");
+    assert_eq!(request(&server, "POST", "/webhooks/slack", &slack_headers(&slack, now() - 400), &slack).0, 401, "stale Slack timestamp");
+    let twilio = fixture("twilio-sms-inbound.form");
+    let mut wrong = twilio_headers(&twilio);
+    wrong[1].1 = "AAAA".into();
+    assert_eq!(request(&server, "POST", "/webhooks/twilio", &wrong, &twilio).0, 401);
+    assert!(customer_events(&server).await.is_empty(), "a refused webhook wrote something");
+
+    // Each fixture three times: one event each.
+    for _ in 0..3 {
+        assert_eq!(request(&server, "POST", "/webhooks/whatsapp", &whatsapp_headers(&wa), &wa).0, 200);
+        let status = fixture("whatsapp-status-failed.json");
+        assert_eq!(request(&server, "POST", "/webhooks/whatsapp", &whatsapp_headers(&status), &status).0, 200);
+        assert_eq!(request(&server, "POST", "/webhooks/slack", &slack_headers(&slack, now()), &slack).0, 200);
+        assert_eq!(request(&server, "POST", "/webhooks/twilio", &twilio_headers(&twilio), &twilio).0, 200);
+    }
+    let events = customer_events(&server).await;
+    assert_eq!(events.len(), 4, "{events:#?}");
+    let wa_msg = events.iter().find(|e| e.event_type == "MessageReceived" && e.channel == pb::Channel::Whatsapp as i32).unwrap();
+    let p = payload(wa_msg);
+    assert_eq!(p["text"], "Does it come in another color?");
+    assert_eq!(p["channel_identity"], "16505551234");
+    assert_eq!(p["provider_message_id"], "wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA=");
+    assert_eq!(p["provider_timestamp_ms"], 1_749_416_383_000i64);
+    assert_eq!(wa_msg.occurred_at.as_ref().unwrap().seconds, 1_749_416_383);
+    assert!(wa_msg.stream.starts_with("conv.whatsapp."));
+    let st = events.iter().find(|e| e.event_type == "MessageStatusUpdated").unwrap();
+    assert_eq!(payload(st)["status"]["error_codes"][0], 131047);
+    assert_eq!(wa_msg.customer_id, st.customer_id, "the status joins the same customer");
+    let sl = events.iter().find(|e| e.channel == pb::Channel::Slack as i32).unwrap();
+    assert_eq!(payload(sl)["text"], "customer on WhatsApp is asking for a refund, can someone take it?");
+    let sms = events.iter().find(|e| e.channel == pb::Channel::Sms as i32).unwrap();
+    assert_eq!(payload(sms)["text"], "Where is my order #41532?");
+
+    // Slack's url_verification is answered with the challenge.
+    let v = br#"{"type":"url_verification","challenge":"abc123","token":"x"}"#;
+    let (code, body) = request(&server, "POST", "/webhooks/slack", &slack_headers(v, now()), v);
+    assert_eq!(code, 200);
+    assert!(body.contains("abc123"));
+    // No identifier and no message text is stored in the clear: headers and keys are opaque.
+    assert!(events.iter().all(|e| e.metadata.is_empty() && !e.stream.contains("1650555") && !e.event_id.contains("wamid")));
+    assert!(!server.logs().contains(WA_SECRET) && !server.logs().contains(SLACK_SECRET) && !server.logs().contains(TWILIO_TOKEN));
+}
+
+fn identifier(kind: pb::IdentifierKind, value: &str) -> Option<pb::Identifier> {
+    Some(pb::Identifier { kind: kind as i32, value: value.into() })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_person_written_three_ways_is_one_customer_and_erasure_forgets_them() {
+    let (server, _dir) = start();
+    let mut c = server.client().await;
+    let mut ids = Vec::new();
+    for (i, raw) in ["+55 11 91234-5678", "5511912345678", "(11) 91234-5678"].iter().enumerate() {
+        let r = c
+            .resolve_customer(pb::ResolveCustomerRequest {
+                identifier: identifier(pb::IdentifierKind::Phone, raw),
+                region: "eu".into(),
+                create: true,
+                default_phone_region: "BR".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.created, i == 0);
+        ids.push(r.customer_id);
+    }
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    // The WhatsApp sender with that number is the same person.
+    let wa = fixture("whatsapp-inbound-text.json");
+    let wa = String::from_utf8(wa).unwrap().replace("16505551234", "5511912345678").into_bytes();
+    assert_eq!(request(&server, "POST", "/webhooks/whatsapp", &whatsapp_headers(&wa), &wa).0, 200);
+    assert_eq!(customer_events(&server).await[0].customer_id, ids[0]);
+    // Link an email; it resolves to the same customer, and cannot be linked to another.
+    let email = identifier(pb::IdentifierKind::Email, "Ana.Souza@Example.com.br");
+    c.link_identifier(pb::LinkIdentifierRequest { customer_id: ids[0].clone(), identifier: email.clone(), default_phone_region: String::new() })
+        .await
+        .unwrap();
+    let found = c
+        .resolve_customer(pb::ResolveCustomerRequest {
+            identifier: identifier(pb::IdentifierKind::Email, "ana.souza@example.com.br"),
+            region: "eu".into(),
+            create: false,
+            default_phone_region: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(found.customer_id, ids[0]);
+    let other = c
+        .resolve_customer(pb::ResolveCustomerRequest { identifier: identifier(pb::IdentifierKind::Phone, "+14155550100"), region: "eu".into(), create: true, default_phone_region: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    let taken = c.link_identifier(pb::LinkIdentifierRequest { customer_id: other.customer_id, identifier: email, default_phone_region: String::new() }).await;
+    assert_eq!(taken.unwrap_err().code(), tonic::Code::InvalidArgument);
+    let bad = c.resolve_customer(pb::ResolveCustomerRequest { identifier: identifier(pb::IdentifierKind::Phone, "call me"), region: "eu".into(), create: true, default_phone_region: String::new() }).await;
+    let bad = bad.unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(!bad.message().contains("call me"), "the rejected value is not echoed");
+
+    // Erasure deletes the blind-index rows: the number no longer leads to the customer.
+    let mut privacy = proto::v1::privacy_client::PrivacyClient::connect(server.endpoint()).await.unwrap();
+    privacy
+        .erase_customer(pb::EraseCustomerRequest { customer_id: ids[0].clone(), request_id: "r1".into(), legal_basis: "gdpr-art17".into(), requested_by: "dpo".into() })
+        .await
+        .unwrap();
+    let gone = c
+        .resolve_customer(pb::ResolveCustomerRequest { identifier: identifier(pb::IdentifierKind::Phone, "5511912345678"), region: "eu".into(), create: false, default_phone_region: "BR".into() })
+        .await;
+    assert_eq!(gone.unwrap_err().code(), tonic::Code::NotFound);
+}
