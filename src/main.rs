@@ -6,6 +6,7 @@ mod config;
 mod dpo;
 mod grpc;
 mod http;
+mod messaging;
 mod privacy;
 mod proof_file;
 mod verify;
@@ -175,12 +176,20 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     health_reporter.set_serving::<proto::v1::audit_server::AuditServer<audit::AuditService>>().await;
     health_reporter.set_serving::<proto::v1::privacy_server::PrivacyServer<privacy::PrivacyService>>().await;
     health_reporter.set_serving::<proto::v1::admin_server::AdminServer<privacy::AdminService>>().await;
+    health_reporter.set_serving::<proto::v1::messaging_server::MessagingServer<messaging::MessagingService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building the reflection service")?;
 
+    let ingestor = std::sync::Arc::new(
+        connectors::Ingestor::open(ledger.clone(), config.connectors.conversation_gap_secs).map_err(|e| anyhow::anyhow!("refusing to serve: {e}"))?,
+    );
+    let webhooks = connectors::http::Webhooks::new(ingestor.clone(), config.connectors.clone());
+    let outbound = connectors::outbound::Outbound::new(ingestor, config.connectors.clone());
+    outbound.start(shutdown_rx.clone());
+    let messaging_server = proto::v1::messaging_server::MessagingServer::new(messaging::MessagingService::new(outbound));
     let mut grpc_stop = shutdown_rx.clone();
     let grpc_server = tonic::transport::Server::builder()
         .add_service(health_service)
@@ -189,14 +198,12 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         .add_service(audit_server)
         .add_service(privacy_server)
         .add_service(admin_server)
+        .add_service(messaging_server)
         // Nagle's algorithm with delayed ACKs adds 40 ms stalls to small unary calls.
         .serve_with_incoming_shutdown(TcpIncoming::from(grpc_listener).with_nodelay(Some(true)), async move {
             let _ = grpc_stop.wait_for(|s| *s).await;
         });
     let mut http_stop = shutdown_rx.clone();
-    let ingestor = connectors::Ingestor::open(ledger.clone(), config.connectors.conversation_gap_secs)
-        .map_err(|e| anyhow::anyhow!("refusing to serve: {e}"))?;
-    let webhooks = connectors::http::Webhooks::new(ingestor, config.connectors.clone());
     let http_server = axum::serve(http_listener, http::router(ledger.clone(), prometheus, webhooks))
         .with_graceful_shutdown(async move {
             let _ = http_stop.wait_for(|s| *s).await;

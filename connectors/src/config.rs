@@ -20,6 +20,23 @@ pub struct WhatsAppAccount {
     /// ISO 3166 region for phone numbers written without a country code.
     #[serde(default = "default_phone_region")]
     pub default_phone_region: String,
+    /// The Cloud API access token for sending.
+    #[serde(default)]
+    pub access_token: Secret,
+    /// The Cloud API base URL (a local fake provider in tests).
+    #[serde(default = "default_graph_url")]
+    pub api_base_url: String,
+    /// Messages per second this number may send (Meta's default throughput is 80).
+    #[serde(default = "default_messages_per_second")]
+    pub messages_per_second: u32,
+}
+
+fn default_graph_url() -> String {
+    "https://graph.facebook.com/v21.0".into()
+}
+
+fn default_messages_per_second() -> u32 {
+    80
 }
 
 /// A Slack workspace.
@@ -69,6 +86,14 @@ pub struct ConnectorsConfig {
     pub slack: Vec<SlackAccount>,
     /// Twilio accounts.
     pub twilio: Vec<TwilioAccount>,
+    /// WhatsApp's customer-service window: free-form text only this long after the customer's
+    /// last inbound message, in seconds.
+    pub whatsapp_window_secs: u64,
+    /// Delivery attempts before an outbound message is recorded as failed.
+    pub outbound_attempts_max: u32,
+    /// Delay before the first retry of an outbound message, in milliseconds (doubles, capped at
+    /// a minute).
+    pub outbound_backoff_initial_ms: u64,
 }
 
 impl Default for ConnectorsConfig {
@@ -80,6 +105,9 @@ impl Default for ConnectorsConfig {
             whatsapp: Vec::new(),
             slack: Vec::new(),
             twilio: Vec::new(),
+            whatsapp_window_secs: 24 * 3600,
+            outbound_attempts_max: 8,
+            outbound_backoff_initial_ms: 1_000,
         }
     }
 }

@@ -22,6 +22,9 @@ pub enum ConnectorError {
     /// From the ledger; an append failure becomes a 5xx so the provider retries.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// WhatsApp's customer-service window is closed: only a template may be sent.
+    #[error("outside WhatsApp's 24-hour customer service window: free-form text is not allowed, send an approved template")]
+    WindowClosed,
     /// The connectors' own store failed.
     #[error("connectors store: {0}")]
     Storage(String),
@@ -40,6 +43,7 @@ impl ConnectorError {
                 ErrorCode::StorePoisoned | ErrorCode::Unavailable => 503,
                 _ => 500,
             },
+            ConnectorError::WindowClosed => 412,
             ConnectorError::Storage(_) => 500,
         }
     }

@@ -21,13 +21,13 @@ use crate::signatures;
 
 /// The webhook receivers' shared state.
 pub struct Webhooks {
-    ingestor: Ingestor,
+    ingestor: Arc<Ingestor>,
     config: ConnectorsConfig,
 }
 
 impl Webhooks {
     /// Receivers over `ingestor` with the configured accounts.
-    pub fn new(ingestor: Ingestor, config: ConnectorsConfig) -> Arc<Self> {
+    pub fn new(ingestor: Arc<Ingestor>, config: ConnectorsConfig) -> Arc<Self> {
         Arc::new(Webhooks { ingestor, config })
     }
 

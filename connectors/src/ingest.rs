@@ -21,6 +21,9 @@ use crate::normalize::{Inbound, NormalizedMessage, RawIdentity};
 
 const CF_CONVERSATIONS: &str = "conversations";
 const CF_STATUSES: &str = "statuses";
+/// Outbound messages waiting for delivery: event id -> `OutboxEntry` (no content: that stays in
+/// the encrypted `MessageQueued` event, read back at delivery time).
+pub(crate) const CF_OUTBOX: &str = "outbox";
 
 /// What happened to one inbound message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,7 +72,7 @@ fn channel_of(name: &str) -> Channel {
 /// Appends normalized messages to the ledger.
 pub struct Ingestor {
     ledger: Ledger,
-    db: DB,
+    pub(crate) db: DB,
     conversation_gap_ms: i64,
     /// One lock per customer, so a conversation is chosen and extended by one message at a time.
     locks: Mutex<HashMap<CustomerId, Arc<tokio::sync::Mutex<()>>>>,
@@ -86,7 +89,7 @@ impl Ingestor {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         let path = ledger.config().data_dir.join("connectors");
-        let cfs = [CF_CONVERSATIONS, CF_STATUSES].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let cfs = [CF_CONVERSATIONS, CF_STATUSES, CF_OUTBOX].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         Ok(Ingestor {
             ledger,
@@ -101,7 +104,15 @@ impl Ingestor {
         &self.ledger
     }
 
-    fn lock_of(&self, customer: CustomerId) -> Arc<tokio::sync::Mutex<()>> {
+    /// The customer's open conversation on `channel` and the provider time of their last inbound
+    /// message on it.
+    pub(crate) fn conversation(&self, customer: CustomerId, channel: Channel) -> Result<Option<(String, i64)>, ConnectorError> {
+        let key = [customer.as_bytes().as_slice(), &[channel as u8]].concat();
+        let cf = self.db.cf_handle(CF_CONVERSATIONS).expect("cf");
+        Ok(self.db.get_cf(cf, &key)?.and_then(|b| serde_json::from_slice::<Conversation>(&b).ok()).map(|c| (c.stream, c.last_ms)))
+    }
+
+    pub(crate) fn lock_of(&self, customer: CustomerId) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.locks.lock().expect("locks");
         if locks.len() > LOCKS_MAX {
             locks.clear();

@@ -12,6 +12,7 @@ pub mod http;
 pub mod identity;
 mod ingest;
 pub mod normalize;
+pub mod outbound;
 pub mod signatures;
 
 pub use config::{ConnectorsConfig, Secret};

@@ -23,6 +23,9 @@ fn config() -> ConnectorsConfig {
             verify_token: Secret::new("verify-me"),
             region: "eu".into(),
             default_phone_region: "BR".into(),
+            access_token: Secret::new("token"),
+            api_base_url: "http://127.0.0.1:9".into(),
+            messages_per_second: 80,
         }],
         ..Default::default()
     }
@@ -39,7 +42,7 @@ async fn harness() -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let regions = vec![ledger::types::Region::parse("eu", "r").unwrap()];
     let (ledger, _) = Ledger::open(LedgerConfig::new(dir.path(), regions)).unwrap();
-    let webhooks = Webhooks::new(Ingestor::open(ledger.clone(), 3600).unwrap(), config());
+    let webhooks = Webhooks::new(Arc::new(Ingestor::open(ledger.clone(), 3600).unwrap()), config());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = connectors::http::router(webhooks.clone());

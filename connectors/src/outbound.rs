@@ -1,0 +1,401 @@
+//! Outbound messages: `send` checks the channel's rules (WhatsApp's 24-hour window), appends
+//! `MessageQueued` and puts a reference in the durable outbox; the delivery worker reads the
+//! queued event back (the content lives only in its encrypted payload), calls the provider, and
+//! appends `MessageSent` (with the provider's id) or `MessageFailed` (with the provider's error).
+//! Transient failures and rate limits (HTTP 429, WhatsApp 130429) retry with backoff; the per-number
+//! send rate is held to `messages_per_second`. Entries survive restarts.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ledger::types::{Channel, CustomerId, Direction, EventId, EventType, ExpectedVersion, Metadata, Position, Region, StreamName, UnixMillis};
+use ledger::{AppendInput, EventFilter, LedgerError, NewEvent, Payload};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Notify};
+
+use crate::config::{ConnectorsConfig, WhatsAppAccount};
+use crate::error::ConnectorError;
+use crate::ingest::{Ingestor, CF_OUTBOX};
+
+/// Longest wait between retries, in milliseconds.
+const BACKOFF_MAX_MS: u64 = 60_000;
+/// How often the worker looks at the outbox when nothing woke it, in milliseconds.
+const OUTBOX_POLL_MS: u64 = 1_000;
+
+/// What to send.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum Content {
+    /// Free-form text.
+    Text {
+        /// The text.
+        body: String,
+    },
+    /// An approved WhatsApp template.
+    Template {
+        /// Template name.
+        name: String,
+        /// Language code, e.g. `pt_BR`.
+        language: String,
+        /// Body parameters, in order.
+        parameters: Vec<String>,
+    },
+}
+
+/// A request to send a message.
+#[derive(Clone, Debug)]
+pub struct SendRequest {
+    /// The customer.
+    pub customer: CustomerId,
+    /// The business account (WhatsApp `phone_number_id`).
+    pub account: String,
+    /// The recipient's `wa_id` or phone number; it must resolve to `customer`.
+    pub to: String,
+    /// The content.
+    pub content: Content,
+    /// The caller's idempotency key.
+    pub request_id: String,
+}
+
+/// The `MessageQueued` payload (encrypted like every payload).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Queued {
+    schema: u32,
+    channel: String,
+    account: String,
+    to: String,
+    content: Content,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum OutboxState {
+    Pending,
+    Done,
+}
+
+/// An outbox row: where the queued event is and how delivery goes. No content, no address.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct OutboxEntry {
+    position: u64,
+    customer: CustomerId,
+    region: String,
+    account: String,
+    state: OutboxState,
+    attempts: u32,
+    next_attempt_ms: i64,
+}
+
+/// How a delivery attempt went.
+enum Attempt {
+    Sent(String),
+    Transient(String),
+    RateLimited(String),
+    Permanent(String),
+}
+
+/// Sends messages and runs the delivery worker.
+pub struct Outbound {
+    ingestor: Arc<Ingestor>,
+    config: ConnectorsConfig,
+    wake: Notify,
+    /// Per account: the earliest time the next message may go, for `messages_per_second`.
+    next_slot_ms: Mutex<HashMap<String, f64>>,
+}
+
+fn channel_err(reason: &str) -> ConnectorError {
+    ConnectorError::Invalid { field: "content", reason: reason.to_owned() }
+}
+
+impl Outbound {
+    /// The sender over `ingestor` (whose store holds the outbox).
+    pub fn new(ingestor: Arc<Ingestor>, config: ConnectorsConfig) -> Arc<Self> {
+        Arc::new(Outbound { ingestor, config, wake: Notify::new(), next_slot_ms: Mutex::new(HashMap::new()) })
+    }
+
+    fn account(&self, id: &str) -> Result<&WhatsAppAccount, ConnectorError> {
+        self.config.whatsapp.iter().find(|a| a.phone_number_id == id).ok_or(ConnectorError::UnknownAccount("whatsapp"))
+    }
+
+    /// Queues a WhatsApp message. Free-form text outside the 24-hour window after the customer's
+    /// last inbound message is refused: a template is required. Returns the queued event's id
+    /// and position; a repeat of the same `request_id` returns the same event.
+    pub async fn send(&self, req: SendRequest) -> Result<(EventId, Position), ConnectorError> {
+        let account = self.account(&req.account)?;
+        let region = Region::parse(&account.region, "account region")?;
+        let ledger = self.ingestor.ledger();
+        let event_id = ledger.keyed_event_id(&region, "whatsapp-send", &req.request_id)?;
+        match &req.content {
+            Content::Text { body } if body.is_empty() || body.len() > 4096 => return Err(channel_err("text must be 1 to 4096 bytes")),
+            Content::Template { name, language, .. } if name.is_empty() || language.is_empty() => {
+                return Err(channel_err("a template needs a name and a language"));
+            }
+            _ => {}
+        }
+        // The recipient must be this customer (through the blind index).
+        let ids = crate::identity::whatsapp(req.to.trim_start_matches('+'), &account.default_phone_region)?;
+        match ledger.resolve_customer(&ids, &region, false).await? {
+            Some((c, _)) if c == req.customer => {}
+            _ => return Err(ConnectorError::Invalid { field: "to", reason: "does not belong to this customer".into() }),
+        }
+        let conversation = self.ingestor.conversation(req.customer, Channel::Whatsapp)?;
+        if matches!(req.content, Content::Text { .. }) {
+            let window_ms = i64::try_from(self.config.whatsapp_window_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+            let open = conversation.as_ref().is_some_and(|(_, last)| UnixMillis::now().0 - last <= window_ms);
+            if !open {
+                return Err(ConnectorError::WindowClosed);
+            }
+        }
+        let stream = conversation.map_or_else(|| format!("conv.whatsapp.{}", &uuid::Uuid::new_v4().simple().to_string()[..16]), |(s, _)| s);
+        let payload = Queued { schema: 1, channel: "whatsapp".into(), account: req.account.clone(), to: req.to.clone(), content: req.content };
+        let limits = &ledger.config().limits;
+        let input = AppendInput {
+            customer: req.customer,
+            region: Some(region.clone()),
+            stream: StreamName::parse(&stream, "stream", limits)?,
+            expected: ExpectedVersion::Any,
+            events: vec![NewEvent {
+                event_id,
+                event_type: EventType::parse("MessageQueued", "event_type", limits)?,
+                channel: Channel::Whatsapp,
+                direction: Direction::Outbound,
+                occurred_at: None,
+                metadata: Metadata::new(),
+                payload: serde_json::to_vec(&payload).expect("serializes"),
+                schema_version: 1,
+            }],
+        };
+        let out = match ledger.append(input).await {
+            Ok(out) => out,
+            Err(LedgerError::DuplicateEventId { .. }) => return Err(ConnectorError::Invalid { field: "request_id", reason: "was used for another message".into() }),
+            Err(e) => return Err(e.into()),
+        };
+        let cf = self.ingestor.db.cf_handle(CF_OUTBOX).expect("cf");
+        if !out.idempotent_replay || self.ingestor.db.get_cf(cf, event_id.as_bytes())?.is_none() {
+            let entry = OutboxEntry {
+                position: out.first_position.0,
+                customer: req.customer,
+                region: region.to_string(),
+                account: req.account,
+                state: OutboxState::Pending,
+                attempts: 0,
+                next_attempt_ms: UnixMillis::now().0,
+            };
+            let mut opts = rocksdb::WriteOptions::default();
+            opts.set_sync(true);
+            self.ingestor.db.put_cf_opt(cf, event_id.as_bytes(), serde_json::to_vec(&entry).expect("serializes"), &opts)?;
+            metrics::counter!("ledger_outbound_messages_total", "outcome" => "queued").increment(1);
+        }
+        self.wake.notify_one();
+        Ok((event_id, out.first_position))
+    }
+
+    /// Runs the delivery worker until `shutdown` turns true.
+    pub fn start(self: &Arc<Self>, shutdown: watch::Receiver<bool>) {
+        let me = self.clone();
+        tokio::spawn(async move { me.deliver_loop(shutdown).await });
+    }
+
+    fn pending(&self) -> Result<Vec<(EventId, OutboxEntry)>, ConnectorError> {
+        let cf = self.ingestor.db.cf_handle(CF_OUTBOX).expect("cf");
+        let mut out = Vec::new();
+        for item in self.ingestor.db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
+            let (key, value) = item?;
+            let Ok(entry) = serde_json::from_slice::<OutboxEntry>(&value) else { continue };
+            if entry.state == OutboxState::Pending {
+                let id = EventId(uuid::Uuid::from_slice(&key).map_err(|e| ConnectorError::Storage(e.to_string()))?);
+                out.push((id, entry));
+            }
+        }
+        Ok(out)
+    }
+
+    fn store(&self, id: EventId, entry: &OutboxEntry) -> Result<(), ConnectorError> {
+        let cf = self.ingestor.db.cf_handle(CF_OUTBOX).expect("cf");
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
+        Ok(self.ingestor.db.put_cf_opt(cf, id.as_bytes(), serde_json::to_vec(entry).expect("serializes"), &opts)?)
+    }
+
+    async fn deliver_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let client = match reqwest::Client::builder().timeout(Duration::from_secs(10)).build() {
+            Ok(c) => c,
+            Err(e) => return tracing::error!(error = %e, "the outbound HTTP client could not be built"),
+        };
+        loop {
+            let now = UnixMillis::now().0;
+            let pending = self.pending().unwrap_or_else(|e| {
+                tracing::error!(error = %e, "reading the outbound outbox failed");
+                Vec::new()
+            });
+            let mut next_due = pending.iter().map(|(_, e)| e.next_attempt_ms).min();
+            for (id, entry) in pending.into_iter().filter(|(_, e)| e.next_attempt_ms <= now) {
+                if *shutdown.borrow() {
+                    return;
+                }
+                match self.deliver(&client, id, entry).await {
+                    Ok(Some(due)) => next_due = Some(next_due.map_or(due, |d| d.min(due))),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "an outbound delivery step failed; it will be retried"),
+                }
+            }
+            let wait = next_due.map_or(OUTBOX_POLL_MS, |d| (d - UnixMillis::now().0).clamp(0, OUTBOX_POLL_MS as i64) as u64);
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    /// Waits for the account's next send slot (`messages_per_second`).
+    async fn pace(&self, account: &WhatsAppAccount) {
+        let interval_ms = 1000.0 / f64::from(account.messages_per_second.max(1));
+        let wait_ms = {
+            let mut slots = self.next_slot_ms.lock().expect("slots");
+            let now = UnixMillis::now().0 as f64;
+            let slot = slots.entry(account.phone_number_id.clone()).or_insert(now);
+            let start = slot.max(now);
+            *slot = start + interval_ms;
+            start - now
+        };
+        if wait_ms > 0.0 {
+            tokio::time::sleep(Duration::from_micros((wait_ms * 1000.0) as u64)).await;
+        }
+    }
+
+    /// One attempt: returns the next due time if the entry stays pending.
+    async fn deliver(&self, client: &reqwest::Client, id: EventId, mut entry: OutboxEntry) -> Result<Option<i64>, ConnectorError> {
+        let ledger = self.ingestor.ledger();
+        let (events, _) = ledger.read_range(Position(entry.position), Position(entry.position + 1), 1, usize::MAX, &EventFilter::default())?;
+        let event = events.into_iter().next().ok_or(ConnectorError::Storage("the queued event is missing".into()))?;
+        let queued: Queued = match &event.payload {
+            Payload::Available(p) => serde_json::from_slice(p).map_err(|e| ConnectorError::Storage(e.to_string()))?,
+            // The customer was erased before delivery: nothing can (or may) be sent.
+            _ => {
+                return self.finish(id, entry, &event.header.stream, None, "customer erased before delivery").await.map(|_| None);
+            }
+        };
+        let account = self.account(&queued.account)?.clone();
+        self.pace(&account).await;
+        // Counted before it is made, so a crash mid-attempt still counts.
+        entry.attempts += 1;
+        let backoff = self.config.outbound_backoff_initial_ms.saturating_mul(1 << (entry.attempts - 1).min(16)).min(BACKOFF_MAX_MS);
+        entry.next_attempt_ms = UnixMillis::now().0 + rand::thread_rng().gen_range(backoff / 2..=backoff.max(1)) as i64;
+        self.store(id, &entry)?;
+        let attempt = whatsapp_send(client, &account, &queued).await;
+        match attempt {
+            Attempt::Sent(provider_id) => self.finish(id, entry, &event.header.stream, Some(provider_id), "").await.map(|_| None),
+            Attempt::Permanent(why) => self.finish(id, entry, &event.header.stream, None, &why).await.map(|_| None),
+            Attempt::Transient(why) | Attempt::RateLimited(why) if entry.attempts >= self.config.outbound_attempts_max => {
+                self.finish(id, entry, &event.header.stream, None, &why).await.map(|_| None)
+            }
+            Attempt::RateLimited(why) => {
+                metrics::counter!("ledger_outbound_messages_total", "outcome" => "rate_limited").increment(1);
+                tracing::debug!(attempts = entry.attempts, error = %why, "outbound message rate-limited; backing off");
+                Ok(Some(entry.next_attempt_ms))
+            }
+            Attempt::Transient(why) => {
+                metrics::counter!("ledger_outbound_messages_total", "outcome" => "retry").increment(1);
+                tracing::debug!(attempts = entry.attempts, error = %why, "outbound message failed; will retry");
+                Ok(Some(entry.next_attempt_ms))
+            }
+        }
+    }
+
+    /// Appends `MessageSent` or `MessageFailed` (idempotently) and closes the outbox entry.
+    async fn finish(&self, id: EventId, mut entry: OutboxEntry, stream: &str, provider_id: Option<String>, error: &str) -> Result<(), ConnectorError> {
+        let ledger = self.ingestor.ledger();
+        let region = Region::parse(&entry.region, "region")?;
+        let (event_type, payload) = match &provider_id {
+            Some(pid) => ("MessageSent", serde_json::json!({ "schema": 1, "queued_event_id": id.to_string(), "provider_message_id": pid })),
+            None => ("MessageFailed", serde_json::json!({ "schema": 1, "queued_event_id": id.to_string(), "error": error })),
+        };
+        let limits = &ledger.config().limits;
+        let input = AppendInput {
+            customer: entry.customer,
+            region: Some(region.clone()),
+            stream: StreamName::parse(stream, "stream", limits)?,
+            expected: ExpectedVersion::Any,
+            events: vec![NewEvent {
+                event_id: ledger.keyed_event_id(&region, "whatsapp-outcome", &id.to_string())?,
+                event_type: EventType::parse(event_type, "event_type", limits)?,
+                channel: Channel::Whatsapp,
+                direction: Direction::Outbound,
+                occurred_at: None,
+                metadata: Metadata::new(),
+                payload: payload.to_string().into_bytes(),
+                schema_version: 1,
+            }],
+        };
+        match ledger.append(input).await {
+            Ok(_) | Err(LedgerError::DuplicateEventId { .. }) => {}
+            // An erased customer cannot get new events; the failure is the outcome.
+            Err(LedgerError::CustomerErased { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        entry.state = OutboxState::Done;
+        self.store(id, &entry)?;
+        let outcome = if provider_id.is_some() { "sent" } else { "failed" };
+        metrics::counter!("ledger_outbound_messages_total", "outcome" => outcome).increment(1);
+        Ok(())
+    }
+}
+
+/// One Cloud API call: `POST {base}/{phone_number_id}/messages`.
+async fn whatsapp_send(client: &reqwest::Client, account: &WhatsAppAccount, queued: &Queued) -> Attempt {
+    let body = match &queued.content {
+        Content::Text { body } => serde_json::json!({
+            "messaging_product": "whatsapp", "recipient_type": "individual", "to": queued.to, "type": "text", "text": { "body": body }
+        }),
+        Content::Template { name, language, parameters } => serde_json::json!({
+            "messaging_product": "whatsapp", "to": queued.to, "type": "template",
+            "template": { "name": name, "language": { "code": language },
+                "components": [{ "type": "body", "parameters": parameters.iter().map(|p| serde_json::json!({"type": "text", "text": p})).collect::<Vec<_>>() }] }
+        }),
+    };
+    let url = format!("{}/{}/messages", account.api_base_url.trim_end_matches('/'), account.phone_number_id);
+    let resp = match client.post(url).bearer_auth(account.access_token.expose()).json_body(&body).send().await {
+        Ok(r) => r,
+        Err(e) if e.is_timeout() => return Attempt::Transient("timed out".into()),
+        Err(_) => return Attempt::Transient("connection failed".into()),
+    };
+    let status = resp.status();
+    let json: serde_json::Value = resp.json_value().await;
+    if status.is_success() {
+        return match json.pointer("/messages/0/id").and_then(serde_json::Value::as_str) {
+            Some(id) => Attempt::Sent(id.to_owned()),
+            None => Attempt::Transient("a 2xx without a message id".into()),
+        };
+    }
+    let code = json.pointer("/error/code").and_then(serde_json::Value::as_i64);
+    let what = format!("http {}{}", status.as_u16(), code.map_or_else(String::new, |c| format!(", error {c}")));
+    match (status.as_u16(), code) {
+        (_, Some(130429)) | (429, _) => Attempt::RateLimited(what),
+        (500..=599, _) => Attempt::Transient(what),
+        _ => Attempt::Permanent(what),
+    }
+}
+
+/// Small helpers so the crate needs no JSON feature of reqwest.
+trait JsonBody {
+    fn json_body(self, value: &serde_json::Value) -> Self;
+}
+
+impl JsonBody for reqwest::RequestBuilder {
+    fn json_body(self, value: &serde_json::Value) -> Self {
+        self.header("content-type", "application/json").body(value.to_string())
+    }
+}
+
+trait JsonValue {
+    async fn json_value(self) -> serde_json::Value;
+}
+
+impl JsonValue for reqwest::Response {
+    async fn json_value(self) -> serde_json::Value {
+        self.bytes().await.ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(serde_json::Value::Null)
+    }
+}
