@@ -186,7 +186,7 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     let ingestor = std::sync::Arc::new(
         connectors::Ingestor::open(ledger.clone(), config.connectors.conversation_gap_secs).map_err(|e| anyhow::anyhow!("refusing to serve: {e}"))?,
     );
-    let webhooks = connectors::http::Webhooks::new(ingestor.clone(), config.connectors.clone());
+    let webhooks = connectors::http::Webhooks::new(ingestor.clone(), config.connectors.clone()).map_err(|e| anyhow::anyhow!("refusing to serve: {e}"))?;
     let outbound = connectors::outbound::Outbound::new(ingestor, config.connectors.clone());
     outbound.start(shutdown_rx.clone());
     let messaging_server = proto::v1::messaging_server::MessagingServer::new(messaging::MessagingService::new(outbound));

@@ -15,6 +15,9 @@ const WA_SECRET: &str = "wa-app-secret";
 const SLACK_SECRET: &str = "slack-signing-secret";
 const TWILIO_TOKEN: &str = "twilio-auth-token";
 const PUBLIC_URL: &str = "https://ledger.example.com";
+const MIME_SECRET: &str = "mime-relay-secret";
+const MAILGUN_KEY: &str = "mailgun-signing-key";
+const TEAMS_APP: &str = "00000000-1111-2222-3333-444444444444";
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/channels").join(name)).unwrap()
@@ -29,7 +32,10 @@ fn start() -> (Server, tempfile::TempDir) {
             "[connectors]\nbody_bytes_max = 65536\npublic_url = \"{PUBLIC_URL}\"\n\
              [[connectors.whatsapp]]\nphone_number_id = \"106540352242922\"\napp_secret = \"{WA_SECRET}\"\nverify_token = \"verify-me\"\nregion = \"eu\"\ndefault_phone_region = \"BR\"\n\
              [[connectors.slack]]\nteam_id = \"T1DC2JH3J\"\nsigning_secret = \"{SLACK_SECRET}\"\nregion = \"eu\"\n\
-             [[connectors.twilio]]\naccount_sid = \"ACaaaabbbbccccddddeeeeffff00001111\"\nauth_token = \"{TWILIO_TOKEN}\"\nregion = \"us\"\n"
+             [[connectors.twilio]]\naccount_sid = \"ACaaaabbbbccccddddeeeeffff00001111\"\nauth_token = \"{TWILIO_TOKEN}\"\nregion = \"us\"\n\
+             [[connectors.email]]\naddress = \"support@example.com\"\nregion = \"eu\"\nraw_mime_secret = \"{MIME_SECRET}\"\nmailgun_signing_key = \"{MAILGUN_KEY}\"\n\
+             [[connectors.teams]]\napp_id = \"{TEAMS_APP}\"\njwks_path = \"{jwks}\"\nregion = \"eu\"\n",
+            jwks = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/teams/jwks.json").display()
         ),
     )
     .unwrap();
@@ -227,4 +233,83 @@ async fn one_person_written_three_ways_is_one_customer_and_erasure_forgets_them(
         .resolve_customer(pb::ResolveCustomerRequest { identifier: identifier(pb::IdentifierKind::Phone, "5511912345678"), region: "eu".into(), create: false, default_phone_region: "BR".into() })
         .await;
     assert_eq!(gone.unwrap_err().code(), tonic::Code::NotFound);
+}
+
+fn teams_token(claims: serde_json::Value) -> String {
+    let pem = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/teams/test-signing-key.pem")).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("test-key-1".into());
+    jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_and_teams_are_authenticated_and_ingested_once() {
+    let (server, _dir) = start();
+    // Raw MIME from a relay, signed over the raw bytes.
+    let eml = fixture("email-inbound.eml");
+    let sig = |body: &[u8]| vec![("Content-Type", "message/rfc822".to_owned()), ("X-Ledger-Signature", format!("sha256={}", hex::encode(hmac256(MIME_SECRET, &[body]))))];
+    assert_eq!(request(&server, "POST", "/webhooks/email", &[("Content-Type", "message/rfc822".into())], &eml).0, 401);
+    let mut changed = eml.clone();
+    changed[100] ^= 1;
+    assert_eq!(request(&server, "POST", "/webhooks/email", &sig(&eml), &changed).0, 401);
+    for _ in 0..3 {
+        assert_eq!(request(&server, "POST", "/webhooks/email", &sig(&eml), &eml).0, 200);
+    }
+    // Mailgun's form with the raw message in body-mime (another Message-ID: a second email).
+    let second = String::from_utf8(eml.clone()).unwrap().replace("CAF=41532.payment", "CAF=41533.followup");
+    let mailgun = |ts: i64| {
+        let token = "f0e1d2c3b4a5";
+        let signature = hex::encode(hmac256(MAILGUN_KEY, &[ts.to_string().as_bytes(), token.as_bytes()]));
+        form_urlencoded::Serializer::new(String::new())
+            .append_pair("timestamp", &ts.to_string())
+            .append_pair("token", token)
+            .append_pair("signature", &signature)
+            .append_pair("body-mime", &second)
+            .finish()
+    };
+    let form = [("Content-Type", "application/x-www-form-urlencoded".to_owned())];
+    assert_eq!(request(&server, "POST", "/webhooks/email", &form, mailgun(now() - 600).as_bytes()).0, 401, "stale Mailgun timestamp");
+    let bad_sig = mailgun(now()).replace("signature=", "signature=00");
+    assert_eq!(request(&server, "POST", "/webhooks/email", &form, bad_sig.as_bytes()).0, 401);
+    assert_eq!(request(&server, "POST", "/webhooks/email", &form, mailgun(now()).as_bytes()).0, 200);
+
+    // Teams: a Bot Framework token from the configured JWKS, right issuer, audience and time.
+    let activity = serde_json::json!({"type":"message","id":"1749488591123","timestamp":"2025-06-09T17:03:11.123Z",
+        "channelId":"msteams","from":{"id":"29:1abc","name":"Ana","aadObjectId":"6f1c0d2e-aaaa-bbbb-cccc-000000000001"},
+        "conversation":{"id":"a:1conv"},"recipient":{"id":"28:bot"},"text":"Can I change my delivery address?"}).to_string();
+    let good = serde_json::json!({"iss":"https://api.botframework.com","aud":TEAMS_APP,"exp":now()+600,"nbf":now()-10});
+    let bearer = |claims: serde_json::Value| vec![("Content-Type", "application/json".to_owned()), ("Authorization", format!("Bearer {}", teams_token(claims)))];
+    let mut claims = good.clone();
+    claims["aud"] = "another-app".into();
+    assert_eq!(request(&server, "POST", "/webhooks/teams", &bearer(claims), activity.as_bytes()).0, 401, "audience");
+    let mut claims = good.clone();
+    claims["iss"] = "https://evil.example".into();
+    assert_eq!(request(&server, "POST", "/webhooks/teams", &bearer(claims), activity.as_bytes()).0, 401, "issuer");
+    let mut claims = good.clone();
+    claims["exp"] = (now() - 400).into();
+    assert_eq!(request(&server, "POST", "/webhooks/teams", &bearer(claims), activity.as_bytes()).0, 401, "expired beyond the skew");
+    let mut tampered = bearer(good.clone());
+    let t = tampered[1].1.clone();
+    tampered[1].1 = format!("{}A", &t[..t.len() - 1]);
+    assert_eq!(request(&server, "POST", "/webhooks/teams", &tampered, activity.as_bytes()).0, 401, "signature");
+    assert_eq!(request(&server, "POST", "/webhooks/teams", &[], activity.as_bytes()).0, 401, "no token");
+    assert!(customer_events(&server).await.iter().all(|e| e.channel != pb::Channel::Teams as i32));
+    let mut claims = good.clone();
+    claims["exp"] = (now() - 100).into();
+    for c in [good.clone(), claims] {
+        assert_eq!(request(&server, "POST", "/webhooks/teams", &bearer(c), activity.as_bytes()).0, 200, "valid (and expired within the skew)");
+    }
+
+    let events = customer_events(&server).await;
+    let emails: Vec<_> = events.iter().filter(|e| e.channel == pb::Channel::Email as i32).collect();
+    assert_eq!(emails.len(), 2, "the relay's three posts are one event, Mailgun's is the second");
+    let p = payload(emails[0]);
+    assert_eq!(p["subject"], "Comprovante de pagamento \u{2013} pedido 41532");
+    assert_eq!(p["attachments"][0]["filename"], "comprovante.pdf");
+    assert_eq!(payload(emails[1])["thread"], "CAF=41533.followup@example.com.br");
+    assert_eq!(emails[0].customer_id, emails[1].customer_id, "one sender, one customer");
+    let teams: Vec<_> = events.iter().filter(|e| e.channel == pb::Channel::Teams as i32).collect();
+    assert_eq!(teams.len(), 1);
+    assert_eq!(payload(teams[0])["text"], "Can I change my delivery address?");
+    assert_eq!(teams[0].occurred_at.as_ref().unwrap().seconds, 1_749_488_591);
 }

@@ -66,6 +66,42 @@ pub struct TwilioAccount {
     pub default_phone_region: String,
 }
 
+/// A Teams bot (Bot Framework).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TeamsAccount {
+    /// The bot's Microsoft app id: the tokens' audience.
+    pub app_id: String,
+    /// A JWKS file with the keys that sign Bot Framework tokens.
+    pub jwks_path: std::path::PathBuf,
+    /// The tokens' issuer.
+    #[serde(default = "default_teams_issuer")]
+    pub issuer: String,
+    /// Region new customers are created in.
+    pub region: String,
+}
+
+fn default_teams_issuer() -> String {
+    "https://api.botframework.com".into()
+}
+
+/// An inbound email address.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EmailAccount {
+    /// The address mail arrives at.
+    pub address: String,
+    /// Region new customers are created in.
+    pub region: String,
+    /// Secret for raw MIME posts (`Content-Type: message/rfc822`), signed as
+    /// `X-Ledger-Signature: sha256=<hex HMAC-SHA256(secret, body)>` by the relay.
+    #[serde(default)]
+    pub raw_mime_secret: Secret,
+    /// Mailgun webhook signing key, for Mailgun's form posts.
+    #[serde(default)]
+    pub mailgun_signing_key: Secret,
+}
+
 fn default_phone_region() -> String {
     "US".into()
 }
@@ -86,6 +122,10 @@ pub struct ConnectorsConfig {
     pub slack: Vec<SlackAccount>,
     /// Twilio accounts.
     pub twilio: Vec<TwilioAccount>,
+    /// Teams bots.
+    pub teams: Vec<TeamsAccount>,
+    /// Inbound email addresses.
+    pub email: Vec<EmailAccount>,
     /// WhatsApp's customer-service window: free-form text only this long after the customer's
     /// last inbound message, in seconds.
     pub whatsapp_window_secs: u64,
@@ -105,6 +145,8 @@ impl Default for ConnectorsConfig {
             whatsapp: Vec::new(),
             slack: Vec::new(),
             twilio: Vec::new(),
+            teams: Vec::new(),
+            email: Vec::new(),
             whatsapp_window_secs: 24 * 3600,
             outbound_attempts_max: 8,
             outbound_backoff_initial_ms: 1_000,

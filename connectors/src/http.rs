@@ -1,5 +1,6 @@
 //! The webhook routes, mounted on the server's HTTP port: `/webhooks/whatsapp` (GET handshake,
-//! POST), `/webhooks/slack`, `/webhooks/twilio`. Every POST: body size limit (413), signature over
+//! POST), `/webhooks/slack`, `/webhooks/twilio`, `/webhooks/email` (raw MIME from a relay, or
+//! Mailgun's form), `/webhooks/teams` (Bot Framework JWT). Every POST: body size limit (413), signature over
 //! the raw bytes (401), parse (400 naming the field), normalize, resolve, append; only then 200. A
 //! failed append answers 5xx so the provider redelivers.
 
@@ -23,12 +24,20 @@ use crate::signatures;
 pub struct Webhooks {
     ingestor: Arc<Ingestor>,
     config: ConnectorsConfig,
+    /// One verifier per configured Teams bot, in configuration order.
+    teams: Vec<crate::teams::TeamsVerifier>,
 }
 
 impl Webhooks {
-    /// Receivers over `ingestor` with the configured accounts.
-    pub fn new(ingestor: Arc<Ingestor>, config: ConnectorsConfig) -> Arc<Self> {
-        Arc::new(Webhooks { ingestor, config })
+    /// Receivers over `ingestor` with the configured accounts. Fails if a Teams JWKS file cannot
+    /// be read.
+    pub fn new(ingestor: Arc<Ingestor>, config: ConnectorsConfig) -> Result<Arc<Self>, String> {
+        let mut teams = Vec::new();
+        for t in &config.teams {
+            let jwks = std::fs::read(&t.jwks_path).map_err(|e| format!("reading the Teams JWKS {}: {e}", t.jwks_path.display()))?;
+            teams.push(crate::teams::TeamsVerifier::from_jwks(&jwks, &t.issuer, &t.app_id)?);
+        }
+        Ok(Arc::new(Webhooks { ingestor, config, teams }))
     }
 
     /// The ingestor, for status lookups.
@@ -44,6 +53,8 @@ pub fn router(state: Arc<Webhooks>) -> Router {
         .route("/webhooks/whatsapp", get(whatsapp_verify).post(whatsapp))
         .route("/webhooks/slack", post(slack))
         .route("/webhooks/twilio", post(twilio))
+        .route("/webhooks/email", post(email))
+        .route("/webhooks/teams", post(teams))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -192,4 +203,70 @@ async fn twilio_inner(s: &Webhooks, headers: &HeaderMap, uri: &Uri, body: &[u8])
     }
     let outcome = s.ingestor.ingest(&region(&account.region)?, &account.default_phone_region, inbound).await?;
     Ok(ok("twilio", usize::from(outcome == Outcome::Appended)))
+}
+
+async fn email(State(s): State<Arc<Webhooks>>, headers: HeaderMap, body: Bytes) -> Response {
+    reply(email_inner(&s, &headers, &body).await, "email")
+}
+
+async fn email_inner(s: &Webhooks, headers: &HeaderMap, body: &[u8]) -> Result<Response, ConnectorError> {
+    let content_type = header(headers, "content-type").unwrap_or_default().to_ascii_lowercase();
+    let (account, raw_mime): (&crate::config::EmailAccount, Vec<u8>) = if content_type.starts_with("message/rfc822") {
+        // A relay (an MTA pipe) signs the raw message with the account's secret.
+        let sig = header(headers, "x-ledger-signature");
+        let account = s
+            .config
+            .email
+            .iter()
+            .filter(|a| !a.raw_mime_secret.expose().is_empty())
+            .find(|a| signatures::raw_mime(a.raw_mime_secret.expose(), sig, body).is_ok())
+            .ok_or(ConnectorError::Unauthorized("X-Ledger-Signature does not match"))?;
+        (account, body.to_vec())
+    } else {
+        // Mailgun signs timestamp + token; its "forward MIME" route carries the raw message.
+        let form: std::collections::HashMap<String, String> = form_urlencoded::parse(body).into_owned().collect();
+        let field = |k: &str| form.get(k).map(String::as_str);
+        let (Some(ts), Some(token), Some(sig)) = (field("timestamp"), field("token"), field("signature")) else {
+            return Err(ConnectorError::Unauthorized("timestamp, token and signature are required"));
+        };
+        let fresh = ts.parse::<i64>().is_ok_and(|t| (UnixMillis::now().0 / 1000 - t).abs() <= signatures::SLACK_TIMESTAMP_SKEW_SECS);
+        if !fresh {
+            return Err(ConnectorError::Unauthorized("timestamp is more than 5 minutes from now"));
+        }
+        let account = s
+            .config
+            .email
+            .iter()
+            .filter(|a| !a.mailgun_signing_key.expose().is_empty())
+            .find(|a| signatures::mailgun(a.mailgun_signing_key.expose(), ts, token, sig).is_ok())
+            .ok_or(ConnectorError::Unauthorized("does not match"))?;
+        let mime = field("body-mime").ok_or_else(|| ConnectorError::Invalid { field: "body-mime", reason: "is required (use a forward-MIME route)".into() })?;
+        (account, mime.as_bytes().to_vec())
+    };
+    let inbound = normalize::email(&raw_mime, &account.address)?;
+    let outcome = s.ingestor.ingest(&region(&account.region)?, "US", inbound).await?;
+    Ok(ok("email", usize::from(outcome == Outcome::Appended)))
+}
+
+async fn teams(State(s): State<Arc<Webhooks>>, headers: HeaderMap, body: Bytes) -> Response {
+    reply(teams_inner(&s, &headers, &body).await, "teams")
+}
+
+async fn teams_inner(s: &Webhooks, headers: &HeaderMap, body: &[u8]) -> Result<Response, ConnectorError> {
+    let auth = header(headers, "authorization");
+    let mut last_err = ConnectorError::UnknownAccount("teams");
+    let mut verified = None;
+    for (account, verifier) in s.config.teams.iter().zip(&s.teams) {
+        match verifier.verify(auth) {
+            Ok(()) => {
+                verified = Some(account);
+                break;
+            }
+            Err(e) => last_err = e,
+        }
+    }
+    let account = verified.ok_or(last_err)?;
+    let Some(inbound) = normalize::teams(body)? else { return Ok(ok("teams", 0)) };
+    let outcome = s.ingestor.ingest(&region(&account.region)?, "US", inbound).await?;
+    Ok(ok("teams", usize::from(outcome == Outcome::Appended)))
 }

@@ -125,6 +125,8 @@ impl Ingestor {
             RawIdentity::WhatsApp(wa_id) => crate::identity::whatsapp(wa_id, default_phone_region),
             RawIdentity::Phone(p) => Ok(vec![crate::identity::phone(p, default_phone_region)?]),
             RawIdentity::Slack(u) => crate::identity::parse(ledger::identity::IdentifierKind::Slack, u, default_phone_region),
+            RawIdentity::Email(a) => Ok(vec![crate::identity::email(a)?]),
+            RawIdentity::Teams(u) => crate::identity::parse(ledger::identity::IdentifierKind::Teams, u, default_phone_region),
         }
     }
 

@@ -14,6 +14,8 @@ mod ingest;
 pub mod normalize;
 pub mod outbound;
 pub mod signatures;
+mod time;
+mod teams;
 
 pub use config::{ConnectorsConfig, Secret};
 pub use error::ConnectorError;

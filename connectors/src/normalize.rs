@@ -56,6 +56,9 @@ pub struct NormalizedMessage {
     pub sender_name: Option<String>,
     /// The provider's message type (`text`, `image`, ...).
     pub message_type: String,
+    /// The subject (email).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     /// The text, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
@@ -84,6 +87,10 @@ pub enum RawIdentity {
     Phone(String),
     /// A Slack `team:user`.
     Slack(String),
+    /// An email address.
+    Email(String),
+    /// A Teams (Azure AD) user id.
+    Teams(String),
 }
 
 impl std::fmt::Debug for RawIdentity {
@@ -92,6 +99,8 @@ impl std::fmt::Debug for RawIdentity {
             RawIdentity::WhatsApp(_) => "WhatsApp(<redacted>)",
             RawIdentity::Phone(_) => "Phone(<redacted>)",
             RawIdentity::Slack(_) => "Slack(<redacted>)",
+            RawIdentity::Email(_) => "Email(<redacted>)",
+            RawIdentity::Teams(_) => "Teams(<redacted>)",
         })
     }
 }
@@ -190,6 +199,7 @@ pub fn whatsapp(body: &[u8]) -> Result<WhatsAppPayload, ConnectorError> {
                         sender_name: name_of(&from),
                         channel_identity: from.clone(),
                         message_type: kind,
+                        subject: None,
                         text,
                         attachments,
                         provider_timestamp_ms: ts,
@@ -215,6 +225,7 @@ pub fn whatsapp(body: &[u8]) -> Result<WhatsAppPayload, ConnectorError> {
                         channel_identity: recipient.clone(),
                         sender_name: None,
                         message_type: "status".into(),
+                        subject: None,
                         text: None,
                         attachments: Vec::new(),
                         provider_timestamp_ms: secs_ms(str_at(s, "timestamp", "statuses.timestamp")?, "statuses.timestamp")?,
@@ -282,6 +293,7 @@ pub fn slack(body: &[u8]) -> Result<SlackPayload, ConnectorError> {
                         channel_identity: identity.clone(),
                         sender_name: None,
                         message_type: "text".into(),
+                        subject: None,
                         text: opt_str(event, "text"),
                         attachments: Vec::new(),
                         provider_timestamp_ms: ms,
@@ -330,6 +342,7 @@ pub fn twilio(body: &[u8], now_ms: i64) -> Result<(String, Inbound), ConnectorEr
             channel_identity: customer.clone(),
             sender_name: None,
             message_type: if num_media > 0 { "media" } else { "text" }.into(),
+            subject: None,
             text: if is_status { None } else { params.get("Body").cloned() },
             attachments: if is_status { Vec::new() } else { attachments },
             // Twilio's webhooks carry no message timestamp: the arrival time stands in.
@@ -345,6 +358,84 @@ pub fn twilio(body: &[u8], now_ms: i64) -> Result<(String, Inbound), ConnectorEr
         identity: RawIdentity::Phone(customer.trim_start_matches("whatsapp:").to_owned()),
     };
     Ok((account, inbound))
+}
+
+/// Parses a raw RFC 5322 / MIME message. Threads by `References` (its first id), then
+/// `In-Reply-To`, then the message's own `Message-ID`.
+pub fn email(raw: &[u8], account: &str) -> Result<Inbound, ConnectorError> {
+    use mail_parser::MimeHeaders;
+    let msg = mail_parser::MessageParser::default().parse(raw).ok_or_else(|| invalid("body", "is not an RFC 5322 message"))?;
+    let from = msg.from().and_then(|a| a.first()).ok_or_else(|| invalid("From", "is missing"))?;
+    let address = from.address().filter(|a| a.contains('@')).ok_or_else(|| invalid("From", "has no address"))?.to_lowercase();
+    let message_id = msg.message_id().ok_or_else(|| invalid("Message-ID", "is missing"))?.to_owned();
+    let in_reply_to = msg.in_reply_to().as_text().map(str::to_owned);
+    let references_root = msg.references().as_text_list().and_then(|l| l.first()).map(|r| r.to_string()).or_else(|| msg.references().as_text().map(str::to_owned));
+    let attachments = msg
+        .attachments()
+        .map(|part| Attachment {
+            content_type: part.content_type().map(|ct| match ct.subtype() {
+                Some(sub) => format!("{}/{sub}", ct.ctype()),
+                None => ct.ctype().to_owned(),
+            }),
+            filename: part.attachment_name().map(str::to_owned),
+            provider_ref: None,
+        })
+        .collect();
+    Ok(Inbound {
+        message: NormalizedMessage {
+            schema: SCHEMA_VERSION,
+            channel: "email".into(),
+            direction: "inbound".into(),
+            kind: "message".into(),
+            provider_message_id: message_id.clone(),
+            account: account.to_owned(),
+            channel_identity: address.clone(),
+            sender_name: from.name().map(str::to_owned),
+            message_type: "email".into(),
+            subject: msg.subject().map(str::to_owned),
+            text: msg.body_text(0).map(|t| t.into_owned()),
+            attachments,
+            provider_timestamp_ms: msg.date().map_or(0, |d| d.to_timestamp().saturating_mul(1000)),
+            reply_to: in_reply_to.clone(),
+            thread: Some(references_root.or(in_reply_to).unwrap_or(message_id)),
+            status: None,
+        },
+        identity: RawIdentity::Email(address),
+    })
+}
+
+/// Parses a Bot Framework activity (Microsoft Teams). Only `message` activities are recorded.
+pub fn teams(body: &[u8]) -> Result<Option<Inbound>, ConnectorError> {
+    let root: Value = serde_json::from_slice(body).map_err(|_| invalid("body", "is not JSON"))?;
+    if root.get("type").and_then(Value::as_str) != Some("message") {
+        return Ok(None);
+    }
+    let id = str_at(&root, "id", "id")?.to_owned();
+    let from = root.get("from").ok_or_else(|| invalid("from", "is missing"))?;
+    let user = from.get("aadObjectId").and_then(Value::as_str).or_else(|| from.get("id").and_then(Value::as_str)).ok_or_else(|| invalid("from.id", "is missing"))?.to_owned();
+    let conversation = root.pointer("/conversation/id").and_then(Value::as_str).ok_or_else(|| invalid("conversation.id", "is missing"))?.to_owned();
+    let ts = crate::time::parse_rfc3339_ms(str_at(&root, "timestamp", "timestamp")?).ok_or_else(|| invalid("timestamp", "is not RFC 3339"))?;
+    Ok(Some(Inbound {
+        message: NormalizedMessage {
+            schema: SCHEMA_VERSION,
+            channel: "teams".into(),
+            direction: "inbound".into(),
+            kind: "message".into(),
+            provider_message_id: format!("{conversation}:{id}"),
+            account: root.pointer("/recipient/id").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            channel_identity: user.clone(),
+            sender_name: from.get("name").and_then(Value::as_str).map(str::to_owned),
+            message_type: "text".into(),
+            subject: None,
+            text: opt_str(&root, "text"),
+            attachments: Vec::new(),
+            provider_timestamp_ms: ts,
+            reply_to: opt_str(&root, "replyToId"),
+            thread: Some(conversation),
+            status: None,
+        },
+        identity: RawIdentity::Teams(user),
+    }))
 }
 
 #[cfg(test)]
@@ -391,6 +482,19 @@ mod tests {
         assert_eq!(inbound.message.text.as_deref(), Some("Where is my order #41532?"));
         assert_eq!(inbound.message.channel, "sms");
         assert_eq!(inbound.identity, RawIdentity::Phone("+12125550143".into()));
+    }
+
+    #[test]
+    fn email_fixture() {
+        let inbound = email(&fixture("email-inbound.eml"), "support@example.com").unwrap();
+        let m = &inbound.message;
+        assert_eq!(m.subject.as_deref(), Some("Comprovante de pagamento \u{2013} pedido 41532"));
+        assert!(m.text.as_deref().unwrap().starts_with("Ol\u{e1}, segue o comprovante"));
+        assert_eq!(m.channel_identity, "ana.souza@example.com.br");
+        assert_eq!(m.provider_message_id, "CAF=41532.payment@example.com.br");
+        assert_eq!(m.attachments, vec![Attachment { content_type: Some("application/pdf".into()), filename: Some("comprovante.pdf".into()), provider_ref: None }]);
+        // Mon, 09 Jun 2025 14:03:11 -0300 is 17:03:11 UTC.
+        assert_eq!(m.provider_timestamp_ms, 1_749_488_591_000);
     }
 
     #[test]

@@ -12,10 +12,19 @@ pub const SLACK_TIMESTAMP_SKEW_SECS: i64 = 300;
 
 /// WhatsApp (Meta): `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(app secret, body)>`.
 pub fn whatsapp(app_secret: &str, header: Option<&str>, body: &[u8]) -> Result<(), ConnectorError> {
-    let header = header.ok_or(ConnectorError::Unauthorized("header X-Hub-Signature-256 is missing"))?;
+    sha256_hex(app_secret, header.ok_or(ConnectorError::Unauthorized("header X-Hub-Signature-256 is missing"))?, body)
+}
+
+/// Raw MIME from a relay: `X-Ledger-Signature: sha256=<hex HMAC-SHA256(secret, body)>`, the same
+/// construction as Meta's.
+pub fn raw_mime(secret: &str, header: Option<&str>, body: &[u8]) -> Result<(), ConnectorError> {
+    sha256_hex(secret, header.ok_or(ConnectorError::Unauthorized("header X-Ledger-Signature is missing"))?, body)
+}
+
+fn sha256_hex(secret: &str, header: &str, body: &[u8]) -> Result<(), ConnectorError> {
     let hex_sig = header.strip_prefix("sha256=").ok_or(ConnectorError::Unauthorized("is not sha256=<hex>"))?;
     let sig = hex::decode(hex_sig).map_err(|_| ConnectorError::Unauthorized("is not hex"))?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(app_secret.as_bytes()).expect("any key length");
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
     mac.update(body);
     mac.verify_slice(&sig).map_err(|_| ConnectorError::Unauthorized("does not match"))
 }

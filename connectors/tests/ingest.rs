@@ -42,7 +42,7 @@ async fn harness() -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let regions = vec![ledger::types::Region::parse("eu", "r").unwrap()];
     let (ledger, _) = Ledger::open(LedgerConfig::new(dir.path(), regions)).unwrap();
-    let webhooks = Webhooks::new(Arc::new(Ingestor::open(ledger.clone(), 3600).unwrap()), config());
+    let webhooks = Webhooks::new(Arc::new(Ingestor::open(ledger.clone(), 3600).unwrap()), config()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = connectors::http::router(webhooks.clone());
