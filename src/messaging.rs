@@ -55,7 +55,14 @@ impl pb::messaging_server::Messaging for MessagingService {
         }
         let (event_id, position) = self
             .outbound
-            .send(SendRequest { customer, account: req.account, to: req.to, content, request_id: req.request_id })
+            .send(SendRequest {
+                customer,
+                account: req.account,
+                to: req.to,
+                content,
+                request_id: req.request_id,
+                thread: (!req.thread.is_empty()).then_some(req.thread),
+            })
             .await
             .map_err(connector_status)?;
         Ok(Response::new(pb::SendMessageResponse { event_id: event_id.to_string(), position: position.0 }))

@@ -25,7 +25,21 @@ struct Fake {
 async fn fake_provider() -> (String, Fake) {
     let fake = Fake::default();
     let state = fake.clone();
-    let app = axum::Router::new().route(
+    let slack_state = fake.clone();
+    let app = axum::Router::new()
+        .route(
+            "/slack/chat.postMessage",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+                let state = slack_state.clone();
+                async move {
+                    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+                    let auth = headers.get("authorization").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+                    state.requests.lock().unwrap().push((auth, json));
+                    ([(axum::http::header::CONTENT_TYPE, "application/json")], r#"{"ok":true,"channel":"C0LAN2Q65","ts":"1749416400.000300"}"#)
+                }
+            }),
+        )
+        .route(
         "/{number}/messages",
         axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
             let state = state.clone();
@@ -63,6 +77,7 @@ fn write_config(dir: &std::path::Path, api: &str) -> std::path::PathBuf {
         &path,
         format!(
             "[connectors]\noutbound_backoff_initial_ms = 100\noutbound_attempts_max = 5\n\
+             [[connectors.slack]]\nteam_id = \"T1DC2JH3J\"\nsigning_secret = \"s\"\nregion = \"eu\"\nbot_token = \"xoxb-test\"\napi_base_url = \"{api}/slack\"\n\
              [[connectors.whatsapp]]\nphone_number_id = \"{NUMBER}\"\napp_secret = \"{WA_SECRET}\"\nverify_token = \"v\"\nregion = \"eu\"\n\
              default_phone_region = \"BR\"\naccess_token = \"cloud-api-token\"\napi_base_url = \"{api}\"\n"
         ),
@@ -113,6 +128,7 @@ fn text_request(customer: &str, wa_id: &str, text: &str, request_id: &str) -> pb
         to: wa_id.into(),
         content: Some(pb::send_message_request::Content::Text(text.into())),
         request_id: request_id.into(),
+        thread: String::new(),
     }
 }
 
@@ -216,4 +232,42 @@ async fn a_queued_message_survives_a_restart() {
     let server = Server::start_in(data.path(), &flags);
     let (kind, _) = outcome(&server, &queued.event_id).await;
     assert_eq!(kind, "MessageSent", "delivered after the restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_posts_go_to_the_thread() {
+    let (api, fake) = fake_provider().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &api);
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    let customer = server
+        .client()
+        .await
+        .resolve_customer(pb::ResolveCustomerRequest {
+            identifier: Some(pb::Identifier { kind: pb::IdentifierKind::Slack as i32, value: "T1DC2JH3J:U2CERLKJA".into() }),
+            region: "eu".into(),
+            create: true,
+            default_phone_region: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .customer_id;
+    let mut m = MessagingClient::connect(server.endpoint()).await.unwrap();
+    let req = pb::SendMessageRequest {
+        customer_id: customer,
+        account: "T1DC2JH3J".into(),
+        to: "C0LAN2Q65".into(),
+        content: Some(pb::send_message_request::Content::Text("Taking this one".into())),
+        request_id: "s1".into(),
+        thread: "1749416390.000200".into(),
+    };
+    let queued = m.send_message(req).await.unwrap().into_inner();
+    let (kind, p) = outcome(&server, &queued.event_id).await;
+    assert_eq!(kind, "MessageSent");
+    assert_eq!(p["provider_message_id"], "C0LAN2Q65:1749416400.000300");
+    let requests = fake.requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].0, "Bearer xoxb-test");
+    assert_eq!(requests[0].1, serde_json::json!({"channel": "C0LAN2Q65", "text": "Taking this one", "thread_ts": "1749416390.000200"}));
 }

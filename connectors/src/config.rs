@@ -49,6 +49,16 @@ pub struct SlackAccount {
     pub signing_secret: Secret,
     /// Region new customers are created in.
     pub region: String,
+    /// The bot token for posting (`chat.postMessage`).
+    #[serde(default)]
+    pub bot_token: Secret,
+    /// The Web API base URL (a local fake in tests).
+    #[serde(default = "default_slack_url")]
+    pub api_base_url: String,
+}
+
+fn default_slack_url() -> String {
+    "https://slack.com/api".into()
 }
 
 /// A Twilio account (SMS, and WhatsApp via Twilio).

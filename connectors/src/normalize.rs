@@ -504,4 +504,20 @@ mod tests {
         assert!(slack(b"nope").unwrap_err().to_string().contains("body"));
         assert!(twilio(b"From=%2B1", 0).unwrap_err().to_string().contains("MessageSid"));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, ..Default::default() })]
+        /// No body, however malformed, panics a parser; each either parses or names a field.
+        #[test]
+        fn parsers_never_panic(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1024),
+                               json in "[{}\\[\\]\":,a-z_0-9 .@=&%+-]{0,300}") {
+            for b in [&body[..], json.as_bytes()] {
+                let _ = whatsapp(b);
+                let _ = slack(b);
+                let _ = twilio(b, 0);
+                let _ = email(b, "support@example.com");
+                let _ = teams(b);
+            }
+        }
+    }
 }

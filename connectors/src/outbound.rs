@@ -57,6 +57,8 @@ pub struct SendRequest {
     pub content: Content,
     /// The caller's idempotency key.
     pub request_id: String,
+    /// Slack: the `thread_ts` to reply in.
+    pub thread: Option<String>,
 }
 
 /// The `MessageQueued` payload (encrypted like every payload).
@@ -67,6 +69,8 @@ struct Queued {
     account: String,
     to: String,
     content: Content,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    thread: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -123,6 +127,9 @@ impl Outbound {
     /// last inbound message is refused: a template is required. Returns the queued event's id
     /// and position; a repeat of the same `request_id` returns the same event.
     pub async fn send(&self, req: SendRequest) -> Result<(EventId, Position), ConnectorError> {
+        if let Some(slack) = self.config.slack.iter().find(|a| a.team_id == req.account) {
+            return self.send_slack(slack.clone(), req).await;
+        }
         let account = self.account(&req.account)?;
         let region = Region::parse(&account.region, "account region")?;
         let ledger = self.ingestor.ledger();
@@ -149,17 +156,46 @@ impl Outbound {
             }
         }
         let stream = conversation.map_or_else(|| format!("conv.whatsapp.{}", &uuid::Uuid::new_v4().simple().to_string()[..16]), |(s, _)| s);
-        let payload = Queued { schema: 1, channel: "whatsapp".into(), account: req.account.clone(), to: req.to.clone(), content: req.content };
+        let payload = Queued { schema: 1, channel: "whatsapp".into(), account: req.account.clone(), to: req.to.clone(), content: req.content, thread: None };
+        self.queue(req.customer, region, stream, event_id, Channel::Whatsapp, payload).await
+    }
+
+    /// Queues a Slack post to a channel (and thread). The customer must exist; `to` is a channel.
+    async fn send_slack(&self, account: crate::config::SlackAccount, req: SendRequest) -> Result<(EventId, Position), ConnectorError> {
+        let ledger = self.ingestor.ledger();
+        let region = Region::parse(&account.region, "account region")?;
+        if ledger.customer_region(req.customer)? != region {
+            return Err(ConnectorError::Invalid { field: "customer_id", reason: "is not a customer of this workspace's region".into() });
+        }
+        if !matches!(req.content, Content::Text { .. }) {
+            return Err(channel_err("Slack takes text, not templates"));
+        }
+        if req.to.is_empty() || !req.to.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(ConnectorError::Invalid { field: "to", reason: "must be a Slack channel id".into() });
+        }
+        let event_id = ledger.keyed_event_id(&region, "slack-send", &req.request_id)?;
+        let stream = self
+            .ingestor
+            .conversation(req.customer, Channel::Slack)?
+            .map_or_else(|| format!("conv.slack.{}", &uuid::Uuid::new_v4().simple().to_string()[..16]), |(s, _)| s);
+        let payload = Queued { schema: 1, channel: "slack".into(), account: req.account, to: req.to, content: req.content, thread: req.thread };
+        self.queue(req.customer, region, stream, event_id, Channel::Slack, payload).await
+    }
+
+    /// Appends `MessageQueued` and writes the outbox row.
+    async fn queue(&self, customer: CustomerId, region: Region, stream: String, event_id: EventId, channel: Channel, payload: Queued) -> Result<(EventId, Position), ConnectorError> {
+        let ledger = self.ingestor.ledger();
+        let account_id = payload.account.clone();
         let limits = &ledger.config().limits;
         let input = AppendInput {
-            customer: req.customer,
+            customer,
             region: Some(region.clone()),
             stream: StreamName::parse(&stream, "stream", limits)?,
             expected: ExpectedVersion::Any,
             events: vec![NewEvent {
                 event_id,
                 event_type: EventType::parse("MessageQueued", "event_type", limits)?,
-                channel: Channel::Whatsapp,
+                channel,
                 direction: Direction::Outbound,
                 occurred_at: None,
                 metadata: Metadata::new(),
@@ -176,9 +212,9 @@ impl Outbound {
         if !out.idempotent_replay || self.ingestor.db.get_cf(cf, event_id.as_bytes())?.is_none() {
             let entry = OutboxEntry {
                 position: out.first_position.0,
-                customer: req.customer,
+                customer,
                 region: region.to_string(),
-                account: req.account,
+                account: account_id,
                 state: OutboxState::Pending,
                 attempts: 0,
                 next_attempt_ms: UnixMillis::now().0,
@@ -275,22 +311,30 @@ impl Outbound {
             Payload::Available(p) => serde_json::from_slice(p).map_err(|e| ConnectorError::Storage(e.to_string()))?,
             // The customer was erased before delivery: nothing can (or may) be sent.
             _ => {
-                return self.finish(id, entry, &event.header.stream, None, "customer erased before delivery").await.map(|_| None);
+                let channel = if event.header.channel == Channel::Slack { Channel::Slack } else { Channel::Whatsapp };
+                return self.finish(id, entry, &event.header.stream, channel, None, "customer erased before delivery").await.map(|_| None);
             }
         };
-        let account = self.account(&queued.account)?.clone();
-        self.pace(&account).await;
+        let channel = if queued.channel == "slack" { Channel::Slack } else { Channel::Whatsapp };
         // Counted before it is made, so a crash mid-attempt still counts.
         entry.attempts += 1;
         let backoff = self.config.outbound_backoff_initial_ms.saturating_mul(1 << (entry.attempts - 1).min(16)).min(BACKOFF_MAX_MS);
         entry.next_attempt_ms = UnixMillis::now().0 + rand::thread_rng().gen_range(backoff / 2..=backoff.max(1)) as i64;
         self.store(id, &entry)?;
-        let attempt = whatsapp_send(client, &account, &queued).await;
+        let attempt = if channel == Channel::Slack {
+            let account = self.config.slack.iter().find(|a| a.team_id == queued.account).ok_or(ConnectorError::UnknownAccount("slack"))?;
+            slack_send(client, account, &queued).await
+        } else {
+            let account = self.account(&queued.account)?.clone();
+            self.pace(&account).await;
+            whatsapp_send(client, &account, &queued).await
+        };
+        let stream = event.header.stream.clone();
         match attempt {
-            Attempt::Sent(provider_id) => self.finish(id, entry, &event.header.stream, Some(provider_id), "").await.map(|_| None),
-            Attempt::Permanent(why) => self.finish(id, entry, &event.header.stream, None, &why).await.map(|_| None),
+            Attempt::Sent(provider_id) => self.finish(id, entry, &stream, channel, Some(provider_id), "").await.map(|_| None),
+            Attempt::Permanent(why) => self.finish(id, entry, &stream, channel, None, &why).await.map(|_| None),
             Attempt::Transient(why) | Attempt::RateLimited(why) if entry.attempts >= self.config.outbound_attempts_max => {
-                self.finish(id, entry, &event.header.stream, None, &why).await.map(|_| None)
+                self.finish(id, entry, &stream, channel, None, &why).await.map(|_| None)
             }
             Attempt::RateLimited(why) => {
                 metrics::counter!("ledger_outbound_messages_total", "outcome" => "rate_limited").increment(1);
@@ -306,7 +350,7 @@ impl Outbound {
     }
 
     /// Appends `MessageSent` or `MessageFailed` (idempotently) and closes the outbox entry.
-    async fn finish(&self, id: EventId, mut entry: OutboxEntry, stream: &str, provider_id: Option<String>, error: &str) -> Result<(), ConnectorError> {
+    async fn finish(&self, id: EventId, mut entry: OutboxEntry, stream: &str, channel: Channel, provider_id: Option<String>, error: &str) -> Result<(), ConnectorError> {
         let ledger = self.ingestor.ledger();
         let region = Region::parse(&entry.region, "region")?;
         let (event_type, payload) = match &provider_id {
@@ -320,9 +364,9 @@ impl Outbound {
             stream: StreamName::parse(stream, "stream", limits)?,
             expected: ExpectedVersion::Any,
             events: vec![NewEvent {
-                event_id: ledger.keyed_event_id(&region, "whatsapp-outcome", &id.to_string())?,
+                event_id: ledger.keyed_event_id(&region, "send-outcome", &id.to_string())?,
                 event_type: EventType::parse(event_type, "event_type", limits)?,
-                channel: Channel::Whatsapp,
+                channel,
                 direction: Direction::Outbound,
                 occurred_at: None,
                 metadata: Metadata::new(),
@@ -376,6 +420,36 @@ async fn whatsapp_send(client: &reqwest::Client, account: &WhatsAppAccount, queu
         (_, Some(130429)) | (429, _) => Attempt::RateLimited(what),
         (500..=599, _) => Attempt::Transient(what),
         _ => Attempt::Permanent(what),
+    }
+}
+
+/// One Slack Web API call: `POST {base}/chat.postMessage`, in the thread when one is given.
+async fn slack_send(client: &reqwest::Client, account: &crate::config::SlackAccount, queued: &Queued) -> Attempt {
+    let Content::Text { body } = &queued.content else { return Attempt::Permanent("slack takes text only".into()) };
+    let mut payload = serde_json::json!({ "channel": queued.to, "text": body });
+    if let Some(thread) = &queued.thread {
+        payload["thread_ts"] = thread.clone().into();
+    }
+    let url = format!("{}/chat.postMessage", account.api_base_url.trim_end_matches('/'));
+    let resp = match client.post(url).bearer_auth(account.bot_token.expose()).json_body(&payload).send().await {
+        Ok(r) => r,
+        Err(e) if e.is_timeout() => return Attempt::Transient("timed out".into()),
+        Err(_) => return Attempt::Transient("connection failed".into()),
+    };
+    let status = resp.status();
+    let json = resp.json_value().await;
+    if status.as_u16() == 429 {
+        return Attempt::RateLimited("http 429".into());
+    }
+    if status.is_server_error() {
+        return Attempt::Transient(format!("http {}", status.as_u16()));
+    }
+    match (json.get("ok").and_then(serde_json::Value::as_bool), json.get("ts").and_then(serde_json::Value::as_str)) {
+        (Some(true), Some(ts)) => Attempt::Sent(format!("{}:{ts}", queued.to)),
+        _ => {
+            let error = json.get("error").and_then(serde_json::Value::as_str).unwrap_or("unknown").to_owned();
+            if error == "ratelimited" { Attempt::RateLimited(error) } else { Attempt::Permanent(format!("slack error {error}")) }
+        }
     }
 }
 
