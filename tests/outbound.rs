@@ -25,8 +25,22 @@ struct Fake {
 async fn fake_provider() -> (String, Fake) {
     let fake = Fake::default();
     let state = fake.clone();
+    let twilio_state = fake.clone();
     let slack_state = fake.clone();
     let app = axum::Router::new()
+        .route(
+            "/2010-04-01/Accounts/{sid}/Messages.json",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+                let state = twilio_state.clone();
+                async move {
+                    let form: serde_json::Map<String, serde_json::Value> =
+                        form_urlencoded::parse(body.as_bytes()).map(|(k, v)| (k.into_owned(), serde_json::Value::String(v.into_owned()))).collect();
+                    let auth = headers.get("authorization").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+                    state.requests.lock().unwrap().push((auth, serde_json::Value::Object(form)));
+                    (axum::http::StatusCode::CREATED, [(axum::http::header::CONTENT_TYPE, "application/json")], r#"{"sid":"SM0123456789abcdef","status":"queued"}"#)
+                }
+            }),
+        )
         .route(
             "/slack/chat.postMessage",
             axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
@@ -77,6 +91,7 @@ fn write_config(dir: &std::path::Path, api: &str) -> std::path::PathBuf {
         &path,
         format!(
             "[connectors]\noutbound_backoff_initial_ms = 100\noutbound_attempts_max = 5\n\
+             [[connectors.twilio]]\naccount_sid = \"AC123\"\nauth_token = \"twilio-token\"\nregion = \"eu\"\nfrom_number = \"+15005550006\"\napi_base_url = \"{api}\"\n\
              [[connectors.slack]]\nteam_id = \"T1DC2JH3J\"\nsigning_secret = \"s\"\nregion = \"eu\"\nbot_token = \"xoxb-test\"\napi_base_url = \"{api}/slack\"\n\
              [[connectors.whatsapp]]\nphone_number_id = \"{NUMBER}\"\napp_secret = \"{WA_SECRET}\"\nverify_token = \"v\"\nregion = \"eu\"\n\
              default_phone_region = \"BR\"\naccess_token = \"cloud-api-token\"\napi_base_url = \"{api}\"\n"
@@ -92,6 +107,28 @@ fn inbound(server: &Server, wa_id: &str, ts: i64, id: &str) {
     let body = serde_json::json!({"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{
         "messaging_product":"whatsapp","metadata":{"display_phone_number":"1","phone_number_id":NUMBER},
         "messages":[{"from":wa_id,"id":id,"timestamp":ts.to_string(),"type":"text","text":{"body":"hello"}}]}}]}]})
+    .to_string();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(WA_SECRET.as_bytes()).unwrap();
+    mac.update(body.as_bytes());
+    let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    let mut s = std::net::TcpStream::connect(&server.http_addr).unwrap();
+    write!(s, "POST /webhooks/whatsapp HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Hub-Signature-256: {sig}\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
+
+/// The provider id recorded in a queued message's `MessageSent`.
+async fn p_sent_id(server: &Server, queued: &str) -> String {
+    outcome(server, queued).await.1["provider_message_id"].as_str().unwrap().to_owned()
+}
+
+/// A signed WhatsApp status callback.
+fn status_webhook(server: &Server, wa_id: &str, wamid: &str, status: &str) {
+    use std::io::{Read, Write};
+    let body = serde_json::json!({"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{
+        "messaging_product":"whatsapp","metadata":{"display_phone_number":"1","phone_number_id":NUMBER},
+        "statuses":[{"id":wamid,"status":status,"timestamp":now().to_string(),"recipient_id":wa_id}]}}]}]})
     .to_string();
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(WA_SECRET.as_bytes()).unwrap();
     mac.update(body.as_bytes());
@@ -190,6 +227,19 @@ async fn outbound_messages_are_recorded_delivered_retried_and_refused_by_the_rul
     assert_eq!(queued.stream, events[0].stream, "the conversation the customer opened");
     assert!(queued.position < sent.position);
 
+    // A status callback for the sent message links to the queued event.
+    let wamid = p_sent_id(&server, &results["r1"]).await;
+    status_webhook(&server, "5511912345678", &wamid, "delivered");
+    let statuses: Vec<_> = read_customer_events(&mut server.client().await)
+        .await
+        .into_iter()
+        .filter(|e| e.event_type == "MessageStatusUpdated")
+        .map(|e| serde_json::from_slice::<serde_json::Value>(&e.payload).unwrap())
+        .collect();
+    assert_eq!(statuses.len(), 1);
+    assert_eq!(statuses[0]["linked_event_id"], results["r1"].as_str());
+    assert_eq!(statuses[0]["status"]["status"], "delivered");
+
     // Outside the 24-hour window: text is refused, a template goes out.
     inbound(&server, "5511987654321", now() - 25 * 3600, "wamid.in.old");
     let old = customer_of(&server, "5511987654321").await;
@@ -270,4 +320,34 @@ async fn slack_posts_go_to_the_thread() {
     assert_eq!(requests.len(), 1);
     assert_eq!(requests[0].0, "Bearer xoxb-test");
     assert_eq!(requests[0].1, serde_json::json!({"channel": "C0LAN2Q65", "text": "Taking this one", "thread_ts": "1749416390.000200"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sms_goes_out_through_twilio() {
+    let (api, fake) = fake_provider().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &api);
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    let customer = server
+        .client()
+        .await
+        .resolve_customer(pb::ResolveCustomerRequest {
+            identifier: Some(pb::Identifier { kind: pb::IdentifierKind::Phone as i32, value: "+1 212 555 0143".into() }),
+            region: "eu".into(),
+            create: true,
+            default_phone_region: "US".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .customer_id;
+    let mut m = MessagingClient::connect(server.endpoint()).await.unwrap();
+    let req = pb::SendMessageRequest { account: "AC123".into(), ..text_request(&customer, "(212) 555-0143", "Your order shipped", "t1") };
+    let queued = m.send_message(req).await.unwrap().into_inner();
+    let (kind, p) = outcome(&server, &queued.event_id).await;
+    assert_eq!((kind.as_str(), p["provider_message_id"].as_str().unwrap()), ("MessageSent", "SM0123456789abcdef"));
+    let requests = fake.requests.lock().unwrap().clone();
+    assert_eq!(requests[0].1, serde_json::json!({"To": "+12125550143", "From": "+15005550006", "Body": "Your order shipped"}));
+    use base64::Engine as _;
+    assert_eq!(requests[0].0, format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("AC123:twilio-token")));
 }

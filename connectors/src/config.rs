@@ -74,6 +74,16 @@ pub struct TwilioAccount {
     /// ISO 3166 region for phone numbers written without a country code.
     #[serde(default = "default_phone_region")]
     pub default_phone_region: String,
+    /// The number SendMessage sends from (E.164).
+    #[serde(default)]
+    pub from_number: String,
+    /// The REST API base URL (a local fake in tests).
+    #[serde(default = "default_twilio_url")]
+    pub api_base_url: String,
+}
+
+fn default_twilio_url() -> String {
+    "https://api.twilio.com".into()
 }
 
 /// A Teams bot (Bot Framework).

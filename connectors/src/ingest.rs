@@ -24,6 +24,9 @@ const CF_STATUSES: &str = "statuses";
 /// Outbound messages waiting for delivery: event id -> `OutboxEntry` (no content: that stays in
 /// the encrypted `MessageQueued` event, read back at delivery time).
 pub(crate) const CF_OUTBOX: &str = "outbox";
+/// Messages the ledger sent: keyed provider message id -> the `MessageQueued` event id, so status
+/// callbacks link to the message they are about.
+const CF_SENT: &str = "sent";
 
 /// What happened to one inbound message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,7 +92,7 @@ impl Ingestor {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         let path = ledger.config().data_dir.join("connectors");
-        let cfs = [CF_CONVERSATIONS, CF_STATUSES, CF_OUTBOX].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let cfs = [CF_CONVERSATIONS, CF_STATUSES, CF_OUTBOX, CF_SENT].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         Ok(Ingestor {
             ledger,
@@ -142,7 +145,10 @@ impl Ingestor {
     /// Appends one inbound message (or status) for the account's region. Returns after the event
     /// is durable, or reports a duplicate.
     pub async fn ingest(&self, region: &Region, default_phone_region: &str, inbound: Inbound) -> Result<Outcome, ConnectorError> {
-        let m = inbound.message;
+        let mut m = inbound.message;
+        if m.kind == "status" {
+            m.linked_event_id = self.sent_event(region, &m.channel, &m.provider_message_id)?;
+        }
         let event_id = self.ledger.keyed_event_id(region, &m.channel, &Self::event_key(&m))?;
         if self.ledger.event_exists(event_id)? {
             metrics::counter!("ledger_webhook_messages_total", "outcome" => "duplicate").increment(1);
@@ -209,6 +215,21 @@ impl Ingestor {
             self.db.put_cf(cf, key.as_bytes(), serde_json::to_vec(&newer).expect("serializes"))?;
         }
         Ok(())
+    }
+
+    /// Remembers that the provider knows the message queued as `queued` by `provider_message_id`.
+    pub(crate) fn record_sent(&self, region: &Region, channel: &str, provider_message_id: &str, queued: ledger::types::EventId) -> Result<(), ConnectorError> {
+        let key = self.ledger.keyed_event_id(region, channel, provider_message_id)?;
+        let cf = self.db.cf_handle(CF_SENT).expect("cf");
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
+        Ok(self.db.put_cf_opt(cf, key.as_bytes(), queued.to_string(), &opts)?)
+    }
+
+    fn sent_event(&self, region: &Region, channel: &str, provider_message_id: &str) -> Result<Option<String>, ConnectorError> {
+        let key = self.ledger.keyed_event_id(region, channel, provider_message_id)?;
+        let cf = self.db.cf_handle(CF_SENT).expect("cf");
+        Ok(self.db.get_cf(cf, key.as_bytes())?.map(|b| String::from_utf8_lossy(&b).into_owned()))
     }
 
     /// The newest status of a message the provider knows as `provider_message_id`.

@@ -76,6 +76,10 @@ pub struct NormalizedMessage {
     /// For `kind = status`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
+    /// For `kind = status`: the ledger event of the outbound message it is about
+    /// (`MessageQueued`), when the ledger sent it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linked_event_id: Option<String>,
 }
 
 /// How the customer is identified on the channel, before normalization.
@@ -206,6 +210,7 @@ pub fn whatsapp(body: &[u8]) -> Result<WhatsAppPayload, ConnectorError> {
                         reply_to: m.pointer("/context/id").and_then(Value::as_str).map(str::to_owned),
                         thread: None,
                         status: None,
+                        linked_event_id: None,
                     },
                     identity: RawIdentity::WhatsApp(from),
                 });
@@ -232,6 +237,7 @@ pub fn whatsapp(body: &[u8]) -> Result<WhatsAppPayload, ConnectorError> {
                         reply_to: None,
                         thread: None,
                         status: Some(Status { status: str_at(s, "status", "statuses.status")?.to_owned(), error_codes }),
+                        linked_event_id: None,
                     },
                     identity: RawIdentity::WhatsApp(recipient),
                 });
@@ -300,6 +306,7 @@ pub fn slack(body: &[u8]) -> Result<SlackPayload, ConnectorError> {
                         reply_to: None,
                         thread: Some(opt_str(event, "thread_ts").unwrap_or_else(|| ts.to_owned())).map(|t| format!("{channel}:{t}")),
                         status: None,
+                        linked_event_id: None,
                     },
                     identity: RawIdentity::Slack(identity),
                 }),
@@ -354,6 +361,7 @@ pub fn twilio(body: &[u8], now_ms: i64) -> Result<(String, Inbound), ConnectorEr
             } else {
                 None
             },
+            linked_event_id: None,
         },
         identity: RawIdentity::Phone(customer.trim_start_matches("whatsapp:").to_owned()),
     };
@@ -399,6 +407,7 @@ pub fn email(raw: &[u8], account: &str) -> Result<Inbound, ConnectorError> {
             reply_to: in_reply_to.clone(),
             thread: Some(references_root.or(in_reply_to).unwrap_or(message_id)),
             status: None,
+            linked_event_id: None,
         },
         identity: RawIdentity::Email(address),
     })
@@ -433,6 +442,7 @@ pub fn teams(body: &[u8]) -> Result<Option<Inbound>, ConnectorError> {
             reply_to: opt_str(&root, "replyToId"),
             thread: Some(conversation),
             status: None,
+            linked_event_id: None,
         },
         identity: RawIdentity::Teams(user),
     }))

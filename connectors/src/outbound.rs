@@ -130,6 +130,9 @@ impl Outbound {
         if let Some(slack) = self.config.slack.iter().find(|a| a.team_id == req.account) {
             return self.send_slack(slack.clone(), req).await;
         }
+        if let Some(twilio) = self.config.twilio.iter().find(|a| a.account_sid == req.account) {
+            return self.send_sms(twilio.clone(), req).await;
+        }
         let account = self.account(&req.account)?;
         let region = Region::parse(&account.region, "account region")?;
         let ledger = self.ingestor.ledger();
@@ -180,6 +183,28 @@ impl Outbound {
             .map_or_else(|| format!("conv.slack.{}", &uuid::Uuid::new_v4().simple().to_string()[..16]), |(s, _)| s);
         let payload = Queued { schema: 1, channel: "slack".into(), account: req.account, to: req.to, content: req.content, thread: req.thread };
         self.queue(req.customer, region, stream, event_id, Channel::Slack, payload).await
+    }
+
+    /// Queues an SMS through Twilio. The recipient must be the customer's phone number.
+    async fn send_sms(&self, account: crate::config::TwilioAccount, req: SendRequest) -> Result<(EventId, Position), ConnectorError> {
+        let ledger = self.ingestor.ledger();
+        let region = Region::parse(&account.region, "account region")?;
+        let Content::Text { body } = &req.content else { return Err(channel_err("SMS takes text, not templates")) };
+        if body.is_empty() || body.len() > 1600 {
+            return Err(channel_err("text must be 1 to 1600 bytes"));
+        }
+        let phone = crate::identity::phone(&req.to, &account.default_phone_region)?;
+        match ledger.resolve_customer(std::slice::from_ref(&phone), &region, false).await? {
+            Some((c, _)) if c == req.customer => {}
+            _ => return Err(ConnectorError::Invalid { field: "to", reason: "does not belong to this customer".into() }),
+        }
+        let event_id = ledger.keyed_event_id(&region, "sms-send", &req.request_id)?;
+        let stream = self
+            .ingestor
+            .conversation(req.customer, Channel::Sms)?
+            .map_or_else(|| format!("conv.sms.{}", &uuid::Uuid::new_v4().simple().to_string()[..16]), |(s, _)| s);
+        let payload = Queued { schema: 1, channel: "sms".into(), account: req.account, to: phone.value, content: req.content, thread: None };
+        self.queue(req.customer, region, stream, event_id, Channel::Sms, payload).await
     }
 
     /// Appends `MessageQueued` and writes the outbox row.
@@ -292,10 +317,7 @@ impl Outbound {
         let wait_ms = {
             let mut slots = self.next_slot_ms.lock().expect("slots");
             let now = UnixMillis::now().0 as f64;
-            let slot = slots.entry(account.phone_number_id.clone()).or_insert(now);
-            let start = slot.max(now);
-            *slot = start + interval_ms;
-            start - now
+            take_slot(slots.entry(account.phone_number_id.clone()).or_insert(now), now, interval_ms)
         };
         if wait_ms > 0.0 {
             tokio::time::sleep(Duration::from_micros((wait_ms * 1000.0) as u64)).await;
@@ -311,11 +333,15 @@ impl Outbound {
             Payload::Available(p) => serde_json::from_slice(p).map_err(|e| ConnectorError::Storage(e.to_string()))?,
             // The customer was erased before delivery: nothing can (or may) be sent.
             _ => {
-                let channel = if event.header.channel == Channel::Slack { Channel::Slack } else { Channel::Whatsapp };
+                let channel = event.header.channel;
                 return self.finish(id, entry, &event.header.stream, channel, None, "customer erased before delivery").await.map(|_| None);
             }
         };
-        let channel = if queued.channel == "slack" { Channel::Slack } else { Channel::Whatsapp };
+        let channel = match queued.channel.as_str() {
+            "slack" => Channel::Slack,
+            "sms" => Channel::Sms,
+            _ => Channel::Whatsapp,
+        };
         // Counted before it is made, so a crash mid-attempt still counts.
         entry.attempts += 1;
         let backoff = self.config.outbound_backoff_initial_ms.saturating_mul(1 << (entry.attempts - 1).min(16)).min(BACKOFF_MAX_MS);
@@ -324,6 +350,9 @@ impl Outbound {
         let attempt = if channel == Channel::Slack {
             let account = self.config.slack.iter().find(|a| a.team_id == queued.account).ok_or(ConnectorError::UnknownAccount("slack"))?;
             slack_send(client, account, &queued).await
+        } else if channel == Channel::Sms {
+            let account = self.config.twilio.iter().find(|a| a.account_sid == queued.account).ok_or(ConnectorError::UnknownAccount("twilio"))?;
+            twilio_send(client, account, &queued).await
         } else {
             let account = self.account(&queued.account)?.clone();
             self.pace(&account).await;
@@ -353,6 +382,15 @@ impl Outbound {
     async fn finish(&self, id: EventId, mut entry: OutboxEntry, stream: &str, channel: Channel, provider_id: Option<String>, error: &str) -> Result<(), ConnectorError> {
         let ledger = self.ingestor.ledger();
         let region = Region::parse(&entry.region, "region")?;
+        if let Some(pid) = &provider_id {
+            // Before the outcome is recorded, so a status callback racing it still links.
+            let channel_name = match channel {
+                Channel::Slack => "slack",
+                Channel::Sms => "sms",
+                _ => "whatsapp",
+            };
+            self.ingestor.record_sent(&region, channel_name, pid, id)?;
+        }
         let (event_type, payload) = match &provider_id {
             Some(pid) => ("MessageSent", serde_json::json!({ "schema": 1, "queued_event_id": id.to_string(), "provider_message_id": pid })),
             None => ("MessageFailed", serde_json::json!({ "schema": 1, "queued_event_id": id.to_string(), "error": error })),
@@ -386,6 +424,14 @@ impl Outbound {
         metrics::counter!("ledger_outbound_messages_total", "outcome" => outcome).increment(1);
         Ok(())
     }
+}
+
+/// Takes the next send slot of a number whose next free slot is `slot` (ms), at time `now`, with
+/// `interval_ms` between sends; returns how long to wait for it.
+fn take_slot(slot: &mut f64, now: f64, interval_ms: f64) -> f64 {
+    let start = slot.max(now);
+    *slot = start + interval_ms;
+    start - now
 }
 
 /// One Cloud API call: `POST {base}/{phone_number_id}/messages`.
@@ -453,6 +499,39 @@ async fn slack_send(client: &reqwest::Client, account: &crate::config::SlackAcco
     }
 }
 
+/// One Twilio REST call: `POST {base}/2010-04-01/Accounts/{sid}/Messages.json`, form-encoded.
+async fn twilio_send(client: &reqwest::Client, account: &crate::config::TwilioAccount, queued: &Queued) -> Attempt {
+    let Content::Text { body } = &queued.content else { return Attempt::Permanent("sms takes text only".into()) };
+    let form = form_urlencoded::Serializer::new(String::new()).append_pair("To", &queued.to).append_pair("From", &account.from_number).append_pair("Body", body).finish();
+    let url = format!("{}/2010-04-01/Accounts/{}/Messages.json", account.api_base_url.trim_end_matches('/'), account.account_sid);
+    let resp = match client
+        .post(url)
+        .basic_auth(&account.account_sid, Some(account.auth_token.expose()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+    {
+        Ok(r) => r,
+        Err(e) if e.is_timeout() => return Attempt::Transient("timed out".into()),
+        Err(_) => return Attempt::Transient("connection failed".into()),
+    };
+    let status = resp.status();
+    let json = resp.json_value().await;
+    if status.is_success() {
+        return match json.get("sid").and_then(serde_json::Value::as_str) {
+            Some(sid) => Attempt::Sent(sid.to_owned()),
+            None => Attempt::Transient("a 2xx without a message sid".into()),
+        };
+    }
+    let what = format!("http {}{}", status.as_u16(), json.get("code").and_then(serde_json::Value::as_i64).map_or_else(String::new, |c| format!(", error {c}")));
+    match status.as_u16() {
+        429 => Attempt::RateLimited(what),
+        500..=599 => Attempt::Transient(what),
+        _ => Attempt::Permanent(what),
+    }
+}
+
 /// Small helpers so the crate needs no JSON feature of reqwest.
 trait JsonBody {
     fn json_body(self, value: &serde_json::Value) -> Self;
@@ -471,5 +550,24 @@ trait JsonValue {
 impl JsonValue for reqwest::Response {
     async fn json_value(self) -> serde_json::Value {
         self.bytes().await.ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// At 80 messages/s, a burst gets slots 12.5 ms apart: the 81st waits a full second.
+    #[test]
+    fn sends_are_paced_to_the_per_number_rate() {
+        let interval = 1000.0 / 80.0;
+        let mut slot = 0.0;
+        let waits: Vec<f64> = (0..81).map(|_| take_slot(&mut slot, 0.0, interval)).collect();
+        assert_eq!(waits[0], 0.0);
+        assert_eq!(waits[1], 12.5);
+        assert_eq!(waits[80], 1000.0, "no more than 80 in any second");
+        // An idle number does not bank slots: after a pause the next send goes at once.
+        assert_eq!(take_slot(&mut slot, 5_000.0, interval), 0.0);
+        assert_eq!(take_slot(&mut slot, 5_000.0, interval), 12.5);
     }
 }
