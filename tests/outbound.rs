@@ -158,6 +158,17 @@ async fn customer_of(server: &Server, wa_id: &str) -> String {
     .customer_id
 }
 
+/// A new customer with one identifier (phone numbers read with default region US).
+async fn create_customer(server: &Server, kind: pb::IdentifierKind, value: &str) -> String {
+    let req = pb::ResolveCustomerRequest {
+        identifier: Some(pb::Identifier { kind: kind as i32, value: value.into() }),
+        region: "eu".into(),
+        create: true,
+        default_phone_region: "US".into(),
+    };
+    server.client().await.resolve_customer(req).await.unwrap().into_inner().customer_id
+}
+
 fn text_request(customer: &str, wa_id: &str, text: &str, request_id: &str) -> pb::SendMessageRequest {
     pb::SendMessageRequest {
         customer_id: customer.into(),
@@ -290,19 +301,7 @@ async fn slack_posts_go_to_the_thread() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &api);
     let server = Server::start(&["--config", config.to_str().unwrap()]);
-    let customer = server
-        .client()
-        .await
-        .resolve_customer(pb::ResolveCustomerRequest {
-            identifier: Some(pb::Identifier { kind: pb::IdentifierKind::Slack as i32, value: "T1DC2JH3J:U2CERLKJA".into() }),
-            region: "eu".into(),
-            create: true,
-            default_phone_region: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .customer_id;
+    let customer = create_customer(&server, pb::IdentifierKind::Slack, "T1DC2JH3J:U2CERLKJA").await;
     let mut m = MessagingClient::connect(server.endpoint()).await.unwrap();
     let req = pb::SendMessageRequest {
         customer_id: customer,
@@ -328,19 +327,7 @@ async fn sms_goes_out_through_twilio() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &api);
     let server = Server::start(&["--config", config.to_str().unwrap()]);
-    let customer = server
-        .client()
-        .await
-        .resolve_customer(pb::ResolveCustomerRequest {
-            identifier: Some(pb::Identifier { kind: pb::IdentifierKind::Phone as i32, value: "+1 212 555 0143".into() }),
-            region: "eu".into(),
-            create: true,
-            default_phone_region: "US".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .customer_id;
+    let customer = create_customer(&server, pb::IdentifierKind::Phone, "+1 212 555 0143").await;
     let mut m = MessagingClient::connect(server.endpoint()).await.unwrap();
     let req = pb::SendMessageRequest { account: "AC123".into(), ..text_request(&customer, "(212) 555-0143", "Your order shipped", "t1") };
     let queued = m.send_message(req).await.unwrap().into_inner();
