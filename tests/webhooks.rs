@@ -20,7 +20,7 @@ const MAILGUN_KEY: &str = "mailgun-signing-key";
 const TEAMS_APP: &str = "00000000-1111-2222-3333-444444444444";
 
 fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/channels").join(name)).unwrap()
+    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/channels").join(name)).unwrap()
 }
 
 fn start() -> (Server, tempfile::TempDir) {
