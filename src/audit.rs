@@ -20,12 +20,13 @@ const STREAM_BUFFER_MESSAGES: usize = 4;
 #[derive(Clone)]
 pub struct AuditService {
     ledger: Ledger,
+    views: std::sync::Arc<projections::Runner>,
 }
 
 impl AuditService {
-    /// A service over `ledger`.
-    pub fn new(ledger: Ledger) -> Self {
-        AuditService { ledger }
+    /// A service over `ledger` and its views.
+    pub fn new(ledger: Ledger, views: std::sync::Arc<projections::Runner>) -> Self {
+        AuditService { ledger, views }
     }
 }
 
@@ -204,5 +205,34 @@ impl pb::audit_server::Audit for AuditService {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_customer_audit_trail(
+        &self,
+        request: Request<pb::GetCustomerAuditTrailRequest>,
+    ) -> Result<Response<pb::GetCustomerAuditTrailResponse>, Status> {
+        let customer = CustomerId::parse(&request.into_inner().customer_id, "customer_id").map_err(status)?;
+        let views = self.views.clone();
+        let entries = blocking(move || {
+            // Bring the view up to date first, so the trail includes every committed record.
+            views.catch_up(&projections::AuditView).map_err(|e| ledger::LedgerError::Integrity(e.to_string()))?;
+            projections::AuditView::trail(views.db(), customer).map_err(|e| ledger::LedgerError::Integrity(e.to_string()))
+        })
+        .await?;
+        Ok(Response::new(pb::GetCustomerAuditTrailResponse {
+            entries: entries
+                .into_iter()
+                .map(|e| pb::AuditTrailEntry {
+                    position: e.position,
+                    at: Some(millis_to_pb(UnixMillis(e.at_unix_ms))),
+                    principal: e.principal,
+                    action: e.action,
+                    outcome: e.outcome,
+                    origin: e.origin,
+                    stream: e.stream.unwrap_or_default(),
+                    whole_log: e.whole_log,
+                })
+                .collect(),
+        }))
     }
 }

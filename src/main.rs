@@ -51,6 +51,9 @@ enum Command {
     /// Rotate, destroy and list a region's key-encryption keys.
     #[command(subcommand)]
     Keys(dpo::KeysCommand),
+    /// Status and rebuilds of the views built from the log.
+    #[command(subcommand)]
+    Projections(dpo::ProjectionsCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -94,6 +97,7 @@ fn main() -> anyhow::Result<()> {
         Command::Erase(args) => runtime.block_on(dpo::erase(args)),
         Command::Export(args) => runtime.block_on(proof_file::export(args)),
         Command::Keys(cmd) => runtime.block_on(dpo::keys(cmd)),
+        Command::Projections(cmd) => runtime.block_on(dpo::projections(cmd)),
         Command::Audit(AuditCommand::PublicKey { data_dir, signing_key, origin }) => {
             let path = signing_key.unwrap_or_else(|| data_dir.join("signing.key"));
             let key = ledger::keys::SigningKey::open(&path)
@@ -164,13 +168,15 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     let ledger_server = proto::v1::ledger_server::LedgerServer::new(service)
         .max_decoding_message_size(max_request)
         .max_encoding_message_size(64 * 1024 * 1024);
-    let audit_server = proto::v1::audit_server::AuditServer::new(audit::AuditService::new(ledger.clone()))
+    let views = projections::Runner::open(ledger.clone(), &[projections::AUDIT_VIEW]).map_err(|e| anyhow::anyhow!("refusing to serve: {e}"))?;
+    tokio::spawn(views.clone().follow(std::sync::Arc::new(projections::AuditView), shutdown_rx.clone()));
+    let audit_server = proto::v1::audit_server::AuditServer::new(audit::AuditService::new(ledger.clone(), views.clone()))
         .max_encoding_message_size(64 * 1024 * 1024);
     let eraser = erasure::Eraser::open(ledger.clone(), config.erasure.clone()).map_err(|e| anyhow::anyhow!("refusing to serve: {e}"))?;
     eraser.start(shutdown_rx.clone());
     let privacy_server = proto::v1::privacy_server::PrivacyServer::new(privacy::PrivacyService::new(ledger.clone(), eraser))
         .max_encoding_message_size(64 * 1024 * 1024);
-    let admin_server = proto::v1::admin_server::AdminServer::new(privacy::AdminService::new(ledger.clone()));
+    let admin_server = proto::v1::admin_server::AdminServer::new(privacy::AdminService::new(ledger.clone(), views.clone()));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<proto::v1::ledger_server::LedgerServer<grpc::LedgerService>>().await;
     health_reporter.set_serving::<proto::v1::audit_server::AuditServer<audit::AuditService>>().await;

@@ -225,12 +225,13 @@ impl pb::privacy_server::Privacy for PrivacyService {
 #[derive(Clone)]
 pub struct AdminService {
     ledger: Ledger,
+    views: Arc<projections::Runner>,
 }
 
 impl AdminService {
-    /// A service over `ledger`.
-    pub fn new(ledger: Ledger) -> Self {
-        AdminService { ledger }
+    /// A service over `ledger` and its views.
+    pub fn new(ledger: Ledger, views: Arc<projections::Runner>) -> Self {
+        AdminService { ledger, views }
     }
 }
 
@@ -263,5 +264,27 @@ impl pb::admin_server::Admin for AdminService {
                 .map(|v| pb::RegionKeyVersion { version: v, current: Some(v) == current, data_keys: counts.get(&v).copied().unwrap_or(0) })
                 .collect(),
         }))
+    }
+
+    async fn get_projection_status(
+        &self,
+        _: Request<pb::GetProjectionStatusRequest>,
+    ) -> Result<Response<pb::GetProjectionStatusResponse>, Status> {
+        let mut out = Vec::new();
+        for name in [projections::AUDIT_VIEW] {
+            let err = |e: projections::ProjectionError| status(LedgerError::Integrity(e.to_string()));
+            out.push(pb::ProjectionStatus { name: name.into(), checkpoint: self.views.checkpoint(name).map_err(err)?, lag_positions: self.views.lag(name).map_err(err)? });
+        }
+        Ok(Response::new(pb::GetProjectionStatusResponse { projections: out }))
+    }
+
+    async fn rebuild_projection(&self, request: Request<pb::RebuildProjectionRequest>) -> Result<Response<pb::RebuildProjectionResponse>, Status> {
+        let name = request.into_inner().name;
+        if name != projections::AUDIT_VIEW {
+            return Err(status(LedgerError::NotFound { what: "projection" }));
+        }
+        let views = self.views.clone();
+        let applied = blocking(move || views.rebuild(&projections::AuditView).map_err(|e| LedgerError::Integrity(e.to_string()))).await?;
+        Ok(Response::new(pb::RebuildProjectionResponse { events_applied: applied }))
     }
 }
