@@ -15,21 +15,7 @@ use tonic::{Request, Response, Status};
 /// Maps an engine error to a gRPC status with the stable code in `ledger-error-code` metadata.
 pub fn status(e: LedgerError) -> Status {
     let code = e.code();
-    let grpc = match code {
-        ErrorCode::InvalidArgument | ErrorCode::LimitExceeded => tonic::Code::InvalidArgument,
-        ErrorCode::WrongExpectedVersion
-        | ErrorCode::RegionNotServed
-        | ErrorCode::RegionMismatch
-        | ErrorCode::CustomerErased => tonic::Code::FailedPrecondition,
-        ErrorCode::DuplicateEventId => tonic::Code::AlreadyExists,
-        ErrorCode::NotFound => tonic::Code::NotFound,
-        ErrorCode::OutOfRange => tonic::Code::OutOfRange,
-        ErrorCode::IntegrityViolation => tonic::Code::DataLoss,
-        ErrorCode::StorePoisoned | ErrorCode::Unavailable => tonic::Code::Unavailable,
-        ErrorCode::Internal => tonic::Code::Internal,
-    };
-    let mut s = Status::new(grpc, e.to_string());
-    s.metadata_mut().insert("ledger-error-code", code.as_str().parse().expect("ascii code"));
+    let mut s = coded_status(code, e.to_string());
     if let LedgerError::WrongExpectedVersion { actual_version, .. } = &e {
         let actual = actual_version.map_or_else(|| "none".to_owned(), |v| v.to_string());
         s.metadata_mut().insert("ledger-actual-version", actual.parse().expect("ascii digits"));
@@ -37,6 +23,28 @@ pub fn status(e: LedgerError) -> Status {
     if code == ErrorCode::Internal {
         tracing::error!(error = %e, "internal error");
     }
+    s
+}
+
+/// A status for a stable error code (the one mapping of `ErrorCode` to `tonic::Code`), with the
+/// code in `ledger-error-code` metadata. Used for the other crates' errors too.
+pub(crate) fn coded_status(code: ErrorCode, message: String) -> Status {
+    let grpc = match code {
+        ErrorCode::InvalidArgument | ErrorCode::LimitExceeded => tonic::Code::InvalidArgument,
+        ErrorCode::WrongExpectedVersion
+        | ErrorCode::RegionNotServed
+        | ErrorCode::RegionMismatch
+        | ErrorCode::CustomerErased
+        | ErrorCode::WhatsAppWindowClosed => tonic::Code::FailedPrecondition,
+        ErrorCode::DuplicateEventId => tonic::Code::AlreadyExists,
+        ErrorCode::NotFound => tonic::Code::NotFound,
+        ErrorCode::OutOfRange => tonic::Code::OutOfRange,
+        ErrorCode::IntegrityViolation => tonic::Code::DataLoss,
+        ErrorCode::StorePoisoned | ErrorCode::Unavailable => tonic::Code::Unavailable,
+        ErrorCode::Internal => tonic::Code::Internal,
+    };
+    let mut s = Status::new(grpc, message);
+    s.metadata_mut().insert("ledger-error-code", code.as_str().parse().expect("ascii code"));
     s
 }
 
@@ -230,11 +238,7 @@ fn identifiers_from_pb(id: Option<pb::Identifier>, default_phone_region: &str) -
         Ok(pb::IdentifierKind::Unspecified) | Err(_) => return Err(status(LedgerError::invalid("identifier.kind", "must be a known kind"))),
     };
     let phone_region = if default_phone_region.is_empty() { "US" } else { default_phone_region };
-    connectors::identity::parse(kind, &id.value, phone_region).map_err(|e| {
-        let mut s = Status::invalid_argument(e.to_string());
-        s.metadata_mut().insert("ledger-error-code", ErrorCode::InvalidArgument.as_str().parse().expect("ascii"));
-        s
-    })
+    connectors::identity::parse(kind, &id.value, phone_region).map_err(|e| coded_status(ErrorCode::InvalidArgument, e.to_string()))
 }
 
 /// Messages buffered per read or subscription stream before the server waits for the client.

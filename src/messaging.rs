@@ -8,23 +8,14 @@ use ledger::types::CustomerId;
 use proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use crate::grpc::status;
+use crate::grpc::{coded_status, status};
 
-/// Maps a connectors error to a gRPC status with the stable code in metadata.
+/// Maps a connectors error to a gRPC status through the shared code mapping.
 pub fn connector_status(e: ConnectorError) -> Status {
-    let (code, stable) = match &e {
-        ConnectorError::Ledger(_) => {
-            let ConnectorError::Ledger(inner) = e else { unreachable!() };
-            return status(inner);
-        }
-        ConnectorError::Invalid { .. } | ConnectorError::Unauthorized(_) => (tonic::Code::InvalidArgument, "ledger.invalid_argument"),
-        ConnectorError::UnknownAccount(_) => (tonic::Code::NotFound, "ledger.not_found"),
-        ConnectorError::WindowClosed => (tonic::Code::FailedPrecondition, "ledger.whatsapp_window_closed"),
-        ConnectorError::Storage(_) => (tonic::Code::Internal, "ledger.internal"),
-    };
-    let mut s = Status::new(code, e.to_string());
-    s.metadata_mut().insert("ledger-error-code", stable.parse().expect("ascii"));
-    s
+    match e {
+        ConnectorError::Ledger(inner) => status(inner),
+        other => coded_status(other.code(), other.to_string()),
+    }
 }
 
 /// The `ledger.v1.Messaging` service.

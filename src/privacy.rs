@@ -13,7 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::audit::{proven_to_pb, signed_head};
-use crate::grpc::{blocking, blocking_outcome, millis_to_pb, record_access, refuse, status, Caller};
+use crate::grpc::{blocking, blocking_outcome, coded_status, millis_to_pb, record_access, refuse, status, Caller};
 
 /// Messages buffered per export stream before the server waits for the client.
 const STREAM_BUFFER_MESSAGES: usize = 4;
@@ -22,18 +22,10 @@ fn erasure_status(e: ErasureError) -> Status {
     match e {
         ErasureError::Ledger(e) => status(e),
         other => {
-            let code = other.code();
-            let grpc = match code {
-                ledger::ErrorCode::InvalidArgument => tonic::Code::InvalidArgument,
-                ledger::ErrorCode::NotFound => tonic::Code::NotFound,
-                _ => tonic::Code::Internal,
-            };
-            if grpc == tonic::Code::Internal {
+            if other.code() == ledger::ErrorCode::Internal {
                 tracing::error!(error = %other, "erasure failed");
             }
-            let mut s = Status::new(grpc, other.to_string());
-            s.metadata_mut().insert("ledger-error-code", code.as_str().parse().expect("ascii code"));
-            s
+            coded_status(other.code(), other.to_string())
         }
     }
 }

@@ -31,6 +31,17 @@ pub enum ConnectorError {
 }
 
 impl ConnectorError {
+    /// The stable API error code (for the gRPC edge).
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ConnectorError::Ledger(e) => e.code(),
+            ConnectorError::Invalid { .. } | ConnectorError::Unauthorized(_) => ErrorCode::InvalidArgument,
+            ConnectorError::UnknownAccount(_) => ErrorCode::NotFound,
+            ConnectorError::WindowClosed => ErrorCode::WhatsAppWindowClosed,
+            ConnectorError::Storage(_) => ErrorCode::Internal,
+        }
+    }
+
     /// The HTTP status of this error.
     pub fn http_status(&self) -> u16 {
         match self {

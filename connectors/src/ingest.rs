@@ -72,6 +72,43 @@ fn channel_of(name: &str) -> Channel {
     }
 }
 
+/// A new conversation's stream name: opaque, never derived from who the customer is.
+pub(crate) fn new_conversation(channel: &str) -> String {
+    format!("conv.{channel}.{}", &uuid::Uuid::new_v4().simple().to_string()[..16])
+}
+
+/// Where one connector event goes and what it is.
+pub(crate) struct Event<'a> {
+    pub customer: CustomerId,
+    pub region: &'a Region,
+    pub stream: &'a str,
+    pub event_id: ledger::types::EventId,
+    pub event_type: &'a str,
+    pub channel: Channel,
+    pub direction: Direction,
+}
+
+/// An append of one event with no metadata (everything about a message is in its payload).
+pub(crate) fn single_event(ledger: &Ledger, e: Event<'_>, occurred_at: Option<UnixMillis>, payload: Vec<u8>, schema_version: u32) -> Result<AppendInput, ConnectorError> {
+    let limits = &ledger.config().limits;
+    Ok(AppendInput {
+        customer: e.customer,
+        region: Some(e.region.clone()),
+        stream: StreamName::parse(e.stream, "stream", limits)?,
+        expected: ExpectedVersion::Any,
+        events: vec![NewEvent {
+            event_id: e.event_id,
+            event_type: EventType::parse(e.event_type, "event_type", limits)?,
+            channel: e.channel,
+            direction: e.direction,
+            occurred_at,
+            metadata: Metadata::new(),
+            payload,
+            schema_version,
+        }],
+    })
+}
+
 /// Appends normalized messages to the ledger.
 pub struct Ingestor {
     ledger: Ledger,
@@ -109,6 +146,11 @@ impl Ingestor {
 
     /// The customer's open conversation on `channel` and the provider time of their last inbound
     /// message on it.
+    /// The customer's open conversation on `channel`, or a new stream for one.
+    pub(crate) fn conversation_or_new(&self, customer: CustomerId, channel: Channel, channel_name: &str) -> Result<String, ConnectorError> {
+        Ok(self.conversation(customer, channel)?.map_or_else(|| new_conversation(channel_name), |(s, _)| s))
+    }
+
     pub(crate) fn conversation(&self, customer: CustomerId, channel: Channel) -> Result<Option<(String, i64)>, ConnectorError> {
         let key = [customer.as_bytes().as_slice(), &[channel as u8]].concat();
         let cf = self.db.cf_handle(CF_CONVERSATIONS).expect("cf");
@@ -165,26 +207,17 @@ impl Ingestor {
         let is_message = m.kind == "message";
         let stream = match &current {
             Some(c) if !is_message || m.provider_timestamp_ms - c.last_ms <= self.conversation_gap_ms => c.stream.clone(),
-            _ => format!("conv.{}.{}", m.channel, &uuid::Uuid::new_v4().simple().to_string()[..16]),
+            _ => new_conversation(&m.channel),
         };
-        let limits = &self.ledger.config().limits;
         let event_type = if is_message { "MessageReceived" } else { "MessageStatusUpdated" };
-        let input = AppendInput {
-            customer,
-            region: Some(region.clone()),
-            stream: StreamName::parse(&stream, "stream", limits)?,
-            expected: ExpectedVersion::Any,
-            events: vec![NewEvent {
-                event_id,
-                event_type: EventType::parse(event_type, "event_type", limits)?,
-                channel,
-                direction: if m.direction == "inbound" { Direction::Inbound } else { Direction::Outbound },
-                occurred_at: Some(UnixMillis(m.provider_timestamp_ms)),
-                metadata: Metadata::new(),
-                payload: serde_json::to_vec(&m).expect("serializes"),
-                schema_version: crate::normalize::SCHEMA_VERSION,
-            }],
-        };
+        let direction = if m.direction == "inbound" { Direction::Inbound } else { Direction::Outbound };
+        let input = single_event(
+            &self.ledger,
+            Event { customer, region, stream: &stream, event_id, event_type, channel, direction },
+            Some(UnixMillis(m.provider_timestamp_ms)),
+            serde_json::to_vec(&m).expect("serializes"),
+            crate::normalize::SCHEMA_VERSION,
+        )?;
         match self.ledger.append(input).await {
             Ok(_) => {}
             // A concurrent redelivery won the race (it may have picked another stream).

@@ -9,15 +9,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ledger::types::{Channel, CustomerId, Direction, EventId, EventType, ExpectedVersion, Metadata, Position, Region, StreamName, UnixMillis};
-use ledger::{AppendInput, EventFilter, LedgerError, NewEvent, Payload};
+use ledger::types::{Channel, CustomerId, Direction, EventId, Position, Region, UnixMillis};
+use ledger::{EventFilter, LedgerError, Payload};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 
 use crate::config::{ConnectorsConfig, WhatsAppAccount};
 use crate::error::ConnectorError;
-use crate::ingest::{Ingestor, CF_OUTBOX};
+use crate::ingest::{new_conversation, single_event, Event, Ingestor, CF_OUTBOX};
 
 /// Longest wait between retries, in milliseconds.
 const BACKOFF_MAX_MS: u64 = 60_000;
@@ -158,7 +158,7 @@ impl Outbound {
                 return Err(ConnectorError::WindowClosed);
             }
         }
-        let stream = conversation.map_or_else(|| format!("conv.whatsapp.{}", &uuid::Uuid::new_v4().simple().to_string()[..16]), |(s, _)| s);
+        let stream = conversation.map_or_else(|| new_conversation("whatsapp"), |(s, _)| s);
         let payload = Queued { schema: 1, channel: "whatsapp".into(), account: req.account.clone(), to: req.to.clone(), content: req.content, thread: None };
         self.queue(req.customer, region, stream, event_id, Channel::Whatsapp, payload).await
     }
@@ -177,10 +177,7 @@ impl Outbound {
             return Err(ConnectorError::Invalid { field: "to", reason: "must be a Slack channel id".into() });
         }
         let event_id = ledger.keyed_event_id(&region, "slack-send", &req.request_id)?;
-        let stream = self
-            .ingestor
-            .conversation(req.customer, Channel::Slack)?
-            .map_or_else(|| format!("conv.slack.{}", &uuid::Uuid::new_v4().simple().to_string()[..16]), |(s, _)| s);
+        let stream = self.ingestor.conversation_or_new(req.customer, Channel::Slack, "slack")?;
         let payload = Queued { schema: 1, channel: "slack".into(), account: req.account, to: req.to, content: req.content, thread: req.thread };
         self.queue(req.customer, region, stream, event_id, Channel::Slack, payload).await
     }
@@ -199,10 +196,7 @@ impl Outbound {
             _ => return Err(ConnectorError::Invalid { field: "to", reason: "does not belong to this customer".into() }),
         }
         let event_id = ledger.keyed_event_id(&region, "sms-send", &req.request_id)?;
-        let stream = self
-            .ingestor
-            .conversation(req.customer, Channel::Sms)?
-            .map_or_else(|| format!("conv.sms.{}", &uuid::Uuid::new_v4().simple().to_string()[..16]), |(s, _)| s);
+        let stream = self.ingestor.conversation_or_new(req.customer, Channel::Sms, "sms")?;
         let payload = Queued { schema: 1, channel: "sms".into(), account: req.account, to: phone.value, content: req.content, thread: None };
         self.queue(req.customer, region, stream, event_id, Channel::Sms, payload).await
     }
@@ -211,23 +205,8 @@ impl Outbound {
     async fn queue(&self, customer: CustomerId, region: Region, stream: String, event_id: EventId, channel: Channel, payload: Queued) -> Result<(EventId, Position), ConnectorError> {
         let ledger = self.ingestor.ledger();
         let account_id = payload.account.clone();
-        let limits = &ledger.config().limits;
-        let input = AppendInput {
-            customer,
-            region: Some(region.clone()),
-            stream: StreamName::parse(&stream, "stream", limits)?,
-            expected: ExpectedVersion::Any,
-            events: vec![NewEvent {
-                event_id,
-                event_type: EventType::parse("MessageQueued", "event_type", limits)?,
-                channel,
-                direction: Direction::Outbound,
-                occurred_at: None,
-                metadata: Metadata::new(),
-                payload: serde_json::to_vec(&payload).expect("serializes"),
-                schema_version: 1,
-            }],
-        };
+        let event = Event { customer, region: &region, stream: &stream, event_id, event_type: "MessageQueued", channel, direction: Direction::Outbound };
+        let input = single_event(ledger, event, None, serde_json::to_vec(&payload).expect("serializes"), 1)?;
         let out = match ledger.append(input).await {
             Ok(out) => out,
             Err(LedgerError::DuplicateEventId { .. }) => return Err(ConnectorError::Invalid { field: "request_id", reason: "was used for another message".into() }),
@@ -395,23 +374,9 @@ impl Outbound {
             Some(pid) => ("MessageSent", serde_json::json!({ "schema": 1, "queued_event_id": id.to_string(), "provider_message_id": pid })),
             None => ("MessageFailed", serde_json::json!({ "schema": 1, "queued_event_id": id.to_string(), "error": error })),
         };
-        let limits = &ledger.config().limits;
-        let input = AppendInput {
-            customer: entry.customer,
-            region: Some(region.clone()),
-            stream: StreamName::parse(stream, "stream", limits)?,
-            expected: ExpectedVersion::Any,
-            events: vec![NewEvent {
-                event_id: ledger.keyed_event_id(&region, "send-outcome", &id.to_string())?,
-                event_type: EventType::parse(event_type, "event_type", limits)?,
-                channel,
-                direction: Direction::Outbound,
-                occurred_at: None,
-                metadata: Metadata::new(),
-                payload: payload.to_string().into_bytes(),
-                schema_version: 1,
-            }],
-        };
+        let event_id = ledger.keyed_event_id(&region, "send-outcome", &id.to_string())?;
+        let event = Event { customer: entry.customer, region: &region, stream, event_id, event_type, channel, direction: Direction::Outbound };
+        let input = single_event(ledger, event, None, payload.to_string().into_bytes(), 1)?;
         match ledger.append(input).await {
             Ok(_) | Err(LedgerError::DuplicateEventId { .. }) => {}
             // An erased customer cannot get new events; the failure is the outcome.

@@ -25,6 +25,8 @@ pub enum ErrorCode {
     RegionMismatch,
     /// The customer was erased; their id cannot be used again.
     CustomerErased,
+    /// WhatsApp's 24-hour customer-service window is closed: only a template may be sent.
+    WhatsAppWindowClosed,
     /// Stored data failed an integrity check.
     IntegrityViolation,
     /// The store refuses writes after a failed write or sync, until restart.
@@ -48,6 +50,7 @@ impl ErrorCode {
             ErrorCode::RegionNotServed => "ledger.region_not_served",
             ErrorCode::RegionMismatch => "ledger.region_mismatch",
             ErrorCode::CustomerErased => "ledger.customer_erased",
+            ErrorCode::WhatsAppWindowClosed => "ledger.whatsapp_window_closed",
             ErrorCode::IntegrityViolation => "ledger.integrity_violation",
             ErrorCode::StorePoisoned => "ledger.store_poisoned",
             ErrorCode::Unavailable => "ledger.unavailable",
@@ -60,7 +63,7 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidArgument => 400,
             ErrorCode::LimitExceeded => 413,
-            ErrorCode::WrongExpectedVersion | ErrorCode::RegionMismatch => 412,
+            ErrorCode::WrongExpectedVersion | ErrorCode::RegionMismatch | ErrorCode::WhatsAppWindowClosed => 412,
             ErrorCode::DuplicateEventId => 409,
             ErrorCode::NotFound => 404,
             ErrorCode::OutOfRange => 416,
