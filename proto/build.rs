@@ -11,7 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out_dir.join("ledger_v1_descriptor.bin"))
         .compile_with_config(
             config,
-            &["ledger/v1/ledger.proto", "ledger/v1/audit.proto", "ledger/v1/privacy.proto", "ledger/v1/admin.proto", "ledger/v1/messaging.proto"],
+            &["ledger/v1/ledger.proto", "ledger/v1/audit.proto", "ledger/v1/privacy.proto", "ledger/v1/admin.proto", "ledger/v1/messaging.proto", "ledger/v1/views.proto"],
             &[".", include.to_str().ok_or("include path is not utf-8")?],
         )?;
     println!("cargo:rerun-if-changed=ledger/v1");

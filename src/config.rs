@@ -68,6 +68,37 @@ struct FileConfig {
     tuning: EngineTuning,
     erasure: erasure::ErasureConfig,
     connectors: connectors::ConnectorsConfig,
+    crm: projections::crm_push::CrmConfig,
+    routing: RoutingConfig,
+}
+
+/// The `[routing]` section: the router's rules and timers.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Whether the router runs (triage, acknowledgements, escalations, abandonment).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// A rules file replacing the embedded `config/routing.toml`.
+    #[serde(default)]
+    pub rules: Option<PathBuf>,
+    /// How often the SLA and abandonment timers are checked, ms.
+    #[serde(default = "default_sweep_ms")]
+    pub sweep_interval_ms: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_sweep_ms() -> u64 {
+    5_000
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig { enabled: true, rules: None, sweep_interval_ms: default_sweep_ms() }
+    }
 }
 
 /// The resolved configuration of a server.
@@ -85,6 +116,12 @@ pub struct ServeConfig {
     pub erasure: erasure::ErasureConfig,
     /// Channel accounts and webhook bounds.
     pub connectors: connectors::ConnectorsConfig,
+    /// The CRM endpoint activities are pushed to, and the CRM webhook's secret.
+    pub crm: projections::crm_push::CrmConfig,
+    /// The router's settings.
+    pub routing: RoutingConfig,
+    /// The routing rules (from `routing.rules`, or the embedded defaults).
+    pub rules: projections::rules::Rules,
 }
 
 impl ServeConfig {
@@ -138,6 +175,23 @@ impl ServeConfig {
                 file.erasure
             },
             connectors: file.connectors,
+            crm: {
+                file.crm.validate().map_err(|e| anyhow::anyhow!("invalid {e}"))?;
+                file.crm
+            },
+            rules: match &file.routing.rules {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).with_context(|| format!("reading routing rules {}", path.display()))?;
+                    projections::rules::Rules::parse(&text).map_err(|e| anyhow::anyhow!("invalid {e} ({})", path.display()))?
+                }
+                None => projections::rules::Rules::default_rules(),
+            },
+            routing: {
+                if file.routing.sweep_interval_ms == 0 {
+                    bail!("invalid routing.sweep_interval_ms: must be at least 1");
+                }
+                file.routing
+            },
         })
     }
 }

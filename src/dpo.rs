@@ -167,7 +167,7 @@ pub enum ProjectionsCommand {
     },
     /// Drop a view's rows and build it again from position 0.
     Rebuild {
-        /// The view's name (`audit`).
+        /// The view's name: `audit`, `crm` or `routing`.
         name: String,
         /// The server's gRPC endpoint.
         #[arg(long, default_value = "http://127.0.0.1:50051")]
@@ -182,7 +182,7 @@ pub async fn projections(cmd: ProjectionsCommand) -> anyhow::Result<()> {
             let mut admin = pb::admin_client::AdminClient::new(channel(&target).await?);
             let r = admin.get_projection_status(pb::GetProjectionStatusRequest {}).await.map_err(fail)?.into_inner();
             for p in r.projections {
-                println!("{}: checkpoint {}, {} position(s) behind", p.name, p.checkpoint, p.lag_positions);
+                println!("{}: checkpoint {}, {} position(s) and {:.3} s behind", p.name, p.checkpoint, p.lag_positions, p.lag_seconds);
             }
         }
         ProjectionsCommand::Rebuild { name, target } => {

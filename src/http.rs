@@ -1,5 +1,6 @@
 //! The HTTP port: `/healthz` (the process is up), `/readyz` (the ledger accepts writes),
-//! Prometheus `/metrics`, and the channel webhooks (`connectors::http`).
+//! Prometheus `/metrics`, the channel webhooks (`connectors::http`)
+//! and the CRM's (`/webhooks/crm`).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -15,13 +16,14 @@ struct AppState {
 }
 
 /// The HTTP routes.
-pub fn router(ledger: Ledger, prometheus: PrometheusHandle, webhooks: std::sync::Arc<connectors::http::Webhooks>) -> Router {
+pub fn router(ledger: Ledger, prometheus: PrometheusHandle, webhooks: std::sync::Arc<connectors::http::Webhooks>, crm: projections::crm_push::CrmConfig) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(AppState { ledger, prometheus })
+        .with_state(AppState { ledger: ledger.clone(), prometheus })
         .merge(connectors::http::router(webhooks))
+        .merge(projections::crm_push::crm_router(ledger, crm))
 }
 
 async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {

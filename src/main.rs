@@ -10,6 +10,7 @@ mod messaging;
 mod privacy;
 mod proof_file;
 mod verify;
+mod views;
 
 use std::net::SocketAddr;
 
@@ -168,8 +169,9 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     let ledger_server = proto::v1::ledger_server::LedgerServer::new(service)
         .max_decoding_message_size(max_request)
         .max_encoding_message_size(64 * 1024 * 1024);
-    let views = projections::Runner::open(ledger.clone(), &[projections::AUDIT_VIEW]).map_err(|e| anyhow::anyhow!("refusing to serve: {e}"))?;
-    tokio::spawn(views.clone().follow(std::sync::Arc::new(projections::AuditView), shutdown_rx.clone()));
+    let views = projections::Runner::open(ledger.clone(), &projections::FOLLOWERS).map_err(|e| anyhow::anyhow!("refusing to serve: {e}"))?;
+    let all_views: Vec<std::sync::Arc<dyn projections::View>> = projections::VIEWS.iter().filter_map(|n| projections::view_named(n)).collect();
+    tokio::spawn(views.clone().follow(all_views, shutdown_rx.clone()));
     let audit_server = proto::v1::audit_server::AuditServer::new(audit::AuditService::new(ledger.clone(), views.clone()))
         .max_encoding_message_size(64 * 1024 * 1024);
     let eraser = erasure::Eraser::open(ledger.clone(), config.erasure.clone()).map_err(|e| anyhow::anyhow!("refusing to serve: {e}"))?;
@@ -183,6 +185,7 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     health_reporter.set_serving::<proto::v1::privacy_server::PrivacyServer<privacy::PrivacyService>>().await;
     health_reporter.set_serving::<proto::v1::admin_server::AdminServer<privacy::AdminService>>().await;
     health_reporter.set_serving::<proto::v1::messaging_server::MessagingServer<messaging::MessagingService>>().await;
+    health_reporter.set_serving::<proto::v1::views_server::ViewsServer<views::ViewsService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -195,6 +198,16 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     let webhooks = connectors::http::Webhooks::new(ingestor.clone(), config.connectors.clone()).map_err(|e| anyhow::anyhow!("refusing to serve: {e}"))?;
     let outbound = connectors::outbound::Outbound::new(ingestor, config.connectors.clone());
     outbound.start(shutdown_rx.clone());
+    if config.routing.enabled {
+        let router = projections::router::Router::new(ledger.clone(), Some(outbound.clone()), config.rules.clone());
+        let every = std::time::Duration::from_millis(config.routing.sweep_interval_ms);
+        tokio::spawn(router.run(views.clone(), every, shutdown_rx.clone()));
+    }
+    let crm = (!config.crm.endpoint.is_empty()).then(|| projections::crm_push::CrmPush::new(ledger.clone(), views.clone(), config.crm.clone()));
+    if let Some(crm) = &crm {
+        tokio::spawn(crm.clone().run(shutdown_rx.clone()));
+    }
+    let views_server = proto::v1::views_server::ViewsServer::new(views::ViewsService::new(ledger.clone(), views.clone(), crm, config.rules.clone()));
     let messaging_server = proto::v1::messaging_server::MessagingServer::new(messaging::MessagingService::new(outbound));
     let mut grpc_stop = shutdown_rx.clone();
     let grpc_server = tonic::transport::Server::builder()
@@ -205,12 +218,13 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         .add_service(privacy_server)
         .add_service(admin_server)
         .add_service(messaging_server)
+        .add_service(views_server)
         // Nagle's algorithm with delayed ACKs adds 40 ms stalls to small unary calls.
         .serve_with_incoming_shutdown(TcpIncoming::from(grpc_listener).with_nodelay(Some(true)), async move {
             let _ = grpc_stop.wait_for(|s| *s).await;
         });
     let mut http_stop = shutdown_rx.clone();
-    let http_server = axum::serve(http_listener, http::router(ledger.clone(), prometheus, webhooks))
+    let http_server = axum::serve(http_listener, http::router(ledger.clone(), prometheus, webhooks, config.crm.clone()))
         .with_graceful_shutdown(async move {
             let _ = http_stop.wait_for(|s| *s).await;
         });

@@ -262,21 +262,28 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         _: Request<pb::GetProjectionStatusRequest>,
     ) -> Result<Response<pb::GetProjectionStatusResponse>, Status> {
-        let mut out = Vec::new();
-        for name in [projections::AUDIT_VIEW] {
-            let err = |e: projections::ProjectionError| status(LedgerError::Integrity(e.to_string()));
-            out.push(pb::ProjectionStatus { name: name.into(), checkpoint: self.views.checkpoint(name).map_err(err)?, lag_positions: self.views.lag(name).map_err(err)? });
-        }
+        let views = self.views.clone();
+        let out = blocking(move || {
+            let mut out = Vec::new();
+            for name in projections::FOLLOWERS {
+                let err = crate::views::view_error;
+                let lag_seconds = views.lag_seconds(name).map_err(err)?;
+                metrics::gauge!("ledger_projection_lag_seconds", "view" => name).set(lag_seconds);
+                out.push(pb::ProjectionStatus { name: name.into(), checkpoint: views.checkpoint(name).map_err(err)?, lag_positions: views.lag(name).map_err(err)?, lag_seconds });
+            }
+            Ok(out)
+        })
+        .await?;
         Ok(Response::new(pb::GetProjectionStatusResponse { projections: out }))
     }
 
     async fn rebuild_projection(&self, request: Request<pb::RebuildProjectionRequest>) -> Result<Response<pb::RebuildProjectionResponse>, Status> {
         let name = request.into_inner().name;
-        if name != projections::AUDIT_VIEW {
-            return Err(status(LedgerError::NotFound { what: "projection" }));
-        }
+        let Some(view) = projections::view_named(&name) else {
+            return Err(status(LedgerError::invalid("name", &format!("must be one of {}", projections::VIEWS.join(", ")))));
+        };
         let views = self.views.clone();
-        let applied = blocking(move || views.rebuild(&projections::AuditView).map_err(|e| LedgerError::Integrity(e.to_string()))).await?;
+        let applied = blocking(move || views.rebuild(&[view.as_ref()]).map_err(crate::views::view_error)).await?;
         Ok(Response::new(pb::RebuildProjectionResponse { events_applied: applied }))
     }
 }

@@ -10,10 +10,10 @@
 use ledger::access::{AccessRecord, ACCESS_STREAM, SYSTEM_CUSTOMER};
 use ledger::types::CustomerId;
 use ledger::{Payload, RecordedEvent};
-use rocksdb::{ColumnFamily, WriteBatch, DB};
+use rocksdb::DB;
 use serde::{Deserialize, Serialize};
 
-use crate::{ProjectionError, View};
+use crate::{ProjectionError, Tx, View};
 
 /// The audit view's name.
 pub const AUDIT_VIEW: &str = "audit";
@@ -56,7 +56,7 @@ impl View for AuditView {
         AUDIT_VIEW
     }
 
-    fn apply(&self, _db: &DB, cf: &ColumnFamily, wb: &mut WriteBatch, event: &RecordedEvent) -> Result<(), ProjectionError> {
+    fn apply(&self, tx: &mut Tx<'_>, event: &RecordedEvent) -> Result<(), ProjectionError> {
         let h = &event.header;
         if h.customer != SYSTEM_CUSTOMER {
             return Ok(());
@@ -99,7 +99,7 @@ impl View for AuditView {
             }
             _ => return Ok(()),
         };
-        wb.put_cf(cf, key(entry.0, position), serde_json::to_vec(&entry.1).expect("serializes"));
+        tx.put_json(key(entry.0, position), &entry.1);
         Ok(())
     }
 }

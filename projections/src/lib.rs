@@ -10,15 +10,63 @@
 //! writes to the ledger.
 
 mod audit;
+pub mod crm;
+pub mod crm_push;
+pub mod router;
+pub mod routing;
+pub mod rules;
 
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use ledger::types::Position;
+use ledger::types::{Position, UnixMillis};
 use ledger::{EventFilter, Ledger, LedgerError, RecordedEvent};
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 
 pub use audit::{AuditEntry, AuditView, AUDIT_VIEW};
+pub use crm::{CrmView, CRM_VIEW};
+pub use routing::{RoutingView, ROUTING_VIEW};
+
+/// The views `ledgerd` serves, rebuildable by name.
+pub const VIEWS: [&str; 3] = [AUDIT_VIEW, CRM_VIEW, ROUTING_VIEW];
+
+/// Everything that follows the log with a checkpoint in the views' store: the views, the router
+/// and the CRM outbox.
+pub const FOLLOWERS: [&str; 5] = [AUDIT_VIEW, CRM_VIEW, ROUTING_VIEW, router::ROUTER, crm_push::CRM_OUTBOX];
+
+/// The view called `name`.
+pub fn view_named(name: &str) -> Option<Arc<dyn View>> {
+    match name {
+        AUDIT_VIEW => Some(Arc::new(AuditView)),
+        CRM_VIEW => Some(Arc::new(CrmView)),
+        ROUTING_VIEW => Some(Arc::new(RoutingView)),
+        _ => None,
+    }
+}
+
+/// The channel's name as the connectors and the API write it.
+pub fn channel_name(channel: ledger::types::Channel) -> &'static str {
+    use ledger::types::Channel;
+    match channel {
+        Channel::Whatsapp => "whatsapp",
+        Channel::Sms => "sms",
+        Channel::Slack => "slack",
+        Channel::Teams => "teams",
+        Channel::Email => "email",
+        Channel::Chat => "chat",
+        Channel::Internal => "internal",
+    }
+}
+
+/// The customer an `ErasureRequested` event is about: from that event on, views forget them.
+pub fn erasure_of(event: &RecordedEvent) -> Option<ledger::types::CustomerId> {
+    let h = &event.header;
+    if h.customer != ledger::access::SYSTEM_CUSTOMER || h.event_type != "ErasureRequested" {
+        return None;
+    }
+    h.metadata.get("customer").and_then(|c| ledger::types::CustomerId::parse(c, "customer").ok())
+}
 
 const CF_CHECKPOINTS: &str = "checkpoints";
 /// Events read and applied per synced batch.
@@ -45,20 +93,129 @@ pub enum ProjectionError {
     },
 }
 
-/// A view: rows derived from events. `apply` may only add writes to the batch it is given (and
-/// read the view's committed rows), so the runner can commit them with the checkpoint.
+impl ProjectionError {
+    /// Fills in the position of an apply error raised without one.
+    fn at(self, at: u64) -> Self {
+        match self {
+            ProjectionError::Apply { view, position: 0, reason } => ProjectionError::Apply { view, position: at, reason },
+            e => e,
+        }
+    }
+}
+
+/// A view: rows derived from events. `apply` reads and writes the view's rows only through the
+/// `Tx` it is given, so the runner can commit them together with the checkpoint.
 pub trait View: Send + Sync {
     /// The view's name (its column family).
     fn name(&self) -> &'static str;
-    /// Adds the rows `event` produces to `wb`, in column family `cf`.
-    fn apply(&self, db: &DB, cf: &ColumnFamily, wb: &mut WriteBatch, event: &RecordedEvent) -> Result<(), ProjectionError>;
+    /// Applies `event` to the view's rows.
+    fn apply(&self, tx: &mut Tx<'_>, event: &RecordedEvent) -> Result<(), ProjectionError>;
+}
+
+/// One view's uncommitted writes for a chunk of events, over its committed rows: reads see the
+/// chunk's own earlier writes, so a view may read-modify-write a row several times in a chunk.
+pub struct Tx<'a> {
+    db: &'a DB,
+    cf: &'a ColumnFamily,
+    view: &'static str,
+    overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl<'a> Tx<'a> {
+    /// A transaction over view `view`'s column family `cf`.
+    pub fn new(db: &'a DB, cf: &'a ColumnFamily, view: &'static str) -> Self {
+        Tx { db, cf, view, overlay: BTreeMap::new() }
+    }
+
+    /// The row at `key`, as this chunk has left it.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
+        match self.overlay.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => Ok(self.db.get_cf(self.cf, key)?),
+        }
+    }
+
+    /// The row at `key`, decoded from JSON.
+    pub fn get_json<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, ProjectionError> {
+        self.get(key)?.map(|b| serde_json::from_slice(&b).map_err(|e| self.corrupt(&e.to_string()))).transpose()
+    }
+
+    /// Writes a row.
+    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.overlay.insert(key, Some(value));
+    }
+
+    /// Writes a row as JSON.
+    pub fn put_json<T: serde::Serialize>(&mut self, key: Vec<u8>, value: &T) {
+        self.put(key, serde_json::to_vec(value).expect("view rows serialize"));
+    }
+
+    /// Deletes a row.
+    pub fn delete(&mut self, key: Vec<u8>) {
+        self.overlay.insert(key, None);
+    }
+
+    /// The keys under `prefix`, committed or written in this chunk and not deleted, in order.
+    pub fn keys_with_prefix(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, ProjectionError> {
+        let mut keys = std::collections::BTreeSet::new();
+        for item in self.db.prefix_iterator_cf(self.cf, prefix) {
+            let (k, _) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            keys.insert(k.to_vec());
+        }
+        for (k, v) in self.overlay.range(prefix.to_vec()..) {
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if v.is_some() {
+                keys.insert(k.clone());
+            } else {
+                keys.remove(k);
+            }
+        }
+        Ok(keys.into_iter().collect())
+    }
+
+    /// Deletes every row under `prefix`.
+    pub fn delete_prefix(&mut self, prefix: &[u8]) -> Result<usize, ProjectionError> {
+        let keys = self.keys_with_prefix(prefix)?;
+        let n = keys.len();
+        for k in keys {
+            self.delete(k);
+        }
+        Ok(n)
+    }
+
+    /// An apply error for a row that does not decode.
+    pub fn corrupt(&self, reason: &str) -> ProjectionError {
+        ProjectionError::Apply { view: self.view, position: 0, reason: format!("a stored row does not decode: {reason}") }
+    }
+
+    fn write_into(self, wb: &mut WriteBatch) {
+        for (k, v) in self.overlay {
+            match v {
+                Some(v) => wb.put_cf(self.cf, k, v),
+                None => wb.delete_cf(self.cf, k),
+            }
+        }
+    }
 }
 
 /// The views' store and the runner that feeds them.
 pub struct Runner {
     ledger: Ledger,
     db: DB,
+    /// Per view: one catch-up at a time, so a request-driven catch-up and a follower never apply
+    /// the same chunk twice.
+    locks: BTreeMap<String, Mutex<()>>,
+    probe: Mutex<Option<DelayProbe>>,
 }
+
+/// Called after each commit with the events just applied and the commit time (unix ms); the
+/// benchmark uses it to measure how long events take to reach the views.
+pub type DelayProbe = Box<dyn Fn(&[RecordedEvent], i64) + Send>;
 
 impl Runner {
     /// Opens the store under `<data_dir>/projections` with a column family per view name.
@@ -72,12 +229,30 @@ impl Runner {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         let cfs = views.iter().chain(&[CF_CHECKPOINTS]).map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
-        Ok(Arc::new(Runner { ledger, db: DB::open_cf_descriptors(&opts, path, cfs)? }))
+        Ok(Arc::new(Runner { ledger, db: DB::open_cf_descriptors(&opts, path, cfs)?, locks: views.iter().map(|v| ((*v).to_owned(), Mutex::new(()))).collect(), probe: Mutex::new(None) }))
+    }
+
+    /// Locks the views' apply locks, in name order so groups never deadlock.
+    fn lock_views(&self, views: &[&dyn View]) -> Vec<std::sync::MutexGuard<'_, ()>> {
+        let mut names: Vec<&str> = views.iter().map(|v| v.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        names.iter().map(|n| self.locks[*n].lock().unwrap_or_else(std::sync::PoisonError::into_inner)).collect()
+    }
+
+    /// Installs (or removes) the delay probe.
+    pub fn set_probe(&self, probe: Option<DelayProbe>) {
+        *self.probe.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = probe;
     }
 
     /// The store, for a view's queries.
     pub fn db(&self) -> &DB {
         &self.db
+    }
+
+    /// The ledger the views follow.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
     }
 
     fn cf(&self, name: &str) -> &ColumnFamily {
@@ -94,53 +269,90 @@ impl Runner {
         Ok(self.ledger.committed_size().saturating_sub(self.checkpoint(view)?))
     }
 
+    /// How far behind the log the view is, in seconds: the age of the oldest event it has not
+    /// applied (0 when it is caught up). Blocking.
+    pub fn lag_seconds(&self, view: &str) -> Result<f64, ProjectionError> {
+        let next = self.checkpoint(view)?;
+        if next >= self.ledger.committed_size() {
+            return Ok(0.0);
+        }
+        let (events, _) = self.ledger.read_range(Position(next), Position(next + 1), 1, usize::MAX, &EventFilter::default())?;
+        Ok(events.first().map_or(0.0, |e| (UnixMillis::now().0 - e.header.recorded_at.0).max(0) as f64 / 1000.0))
+    }
+
     /// Applies everything committed after the view's checkpoint, in synced batches of rows plus
     /// checkpoint. Returns the events applied. Blocking.
     pub fn catch_up(&self, view: &dyn View) -> Result<u64, ProjectionError> {
-        self.catch_up_with(view, &mut |_| Ok(()))
+        self.catch_up_group(&[view], &mut |_| Ok(()))
     }
 
     /// `catch_up`, calling `before_commit` with the batch's end position before each commit (tests
     /// use it to crash in the middle).
     pub fn catch_up_with(&self, view: &dyn View, before_commit: &mut dyn FnMut(u64) -> Result<(), ProjectionError>) -> Result<u64, ProjectionError> {
-        let name = view.name();
-        let cf = self.cf(name);
-        let mut next = self.checkpoint(name)?;
-        let mut applied = 0u64;
+        self.catch_up_group(&[view], before_commit)
+    }
+
+    /// Catches up several views in one pass over the log: each chunk is read and decrypted once,
+    /// applied to every view whose checkpoint it is past, and committed with all their checkpoints
+    /// in one synced batch. Returns the events read. Blocking.
+    pub fn catch_up_group(&self, views: &[&dyn View], before_commit: &mut dyn FnMut(u64) -> Result<(), ProjectionError>) -> Result<u64, ProjectionError> {
+        let _held = self.lock_views(views);
+        let mut next: Vec<u64> = views.iter().map(|v| self.checkpoint(v.name())).collect::<Result<_, _>>()?;
+        let mut read = 0u64;
         loop {
             let end = self.ledger.committed_size();
-            if next >= end {
+            let Some(&from) = next.iter().min() else { break };
+            if from >= end {
                 break;
             }
-            let (events, after) = self.ledger.read_range(Position(next), Position(end), APPLY_CHUNK_EVENTS, usize::MAX, &EventFilter::default())?;
+            let (events, after) = self.ledger.read_range(Position(from), Position(end), APPLY_CHUNK_EVENTS, usize::MAX, &EventFilter::default())?;
             let mut wb = WriteBatch::default();
-            for event in &events {
-                view.apply(&self.db, cf, &mut wb, event)?;
+            for (view, view_next) in views.iter().zip(&next) {
+                let mut tx = Tx::new(&self.db, self.cf(view.name()), view.name());
+                for event in events.iter().filter(|e| e.header.position.0 >= *view_next) {
+                    view.apply(&mut tx, event).map_err(|e| e.at(event.header.position.0))?;
+                }
+                tx.write_into(&mut wb);
+                wb.put_cf(self.cf(CF_CHECKPOINTS), view.name().as_bytes(), after.0.to_be_bytes());
             }
-            wb.put_cf(self.cf(CF_CHECKPOINTS), name.as_bytes(), after.0.to_be_bytes());
             before_commit(after.0)?;
             let mut opts = WriteOptions::default();
             opts.set_sync(true);
             self.db.write_opt(wb, &opts)?;
-            applied += events.len() as u64;
-            next = after.0;
-            metrics::gauge!("ledger_projection_lag_positions", "view" => name).set(self.ledger.committed_size().saturating_sub(next) as f64);
+            read += events.len() as u64;
+            next.iter_mut().for_each(|n| *n = after.0);
+            let now = UnixMillis::now().0;
+            for view in views {
+                metrics::gauge!("ledger_projection_lag_positions", "view" => view.name()).set(self.ledger.committed_size().saturating_sub(after.0) as f64);
+                if let Some(last) = events.last() {
+                    metrics::histogram!("ledger_projection_delay_seconds", "view" => view.name()).record((now - last.header.recorded_at.0).max(0) as f64 / 1000.0);
+                }
+            }
+            if let Some(probe) = &*self.probe.lock().unwrap_or_else(std::sync::PoisonError::into_inner) {
+                probe(&events, now);
+            }
         }
-        Ok(applied)
+        Ok(read)
     }
 
-    /// Drops the view's rows and checkpoint, then builds it again from position 0. Blocking.
-    pub fn rebuild(&self, view: &dyn View) -> Result<u64, ProjectionError> {
-        let cf = self.cf(view.name());
-        let mut wb = WriteBatch::default();
-        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
-            wb.delete_cf(cf, item?.0);
+    /// Drops the views' rows and checkpoints, then builds them again from position 0 in one pass.
+    /// Blocking.
+    pub fn rebuild(&self, views: &[&dyn View]) -> Result<u64, ProjectionError> {
+        {
+            let _held = self.lock_views(views);
+            let mut wb = WriteBatch::default();
+            for view in views {
+                let cf = self.cf(view.name());
+                for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+                    wb.delete_cf(cf, item?.0);
+                }
+                wb.delete_cf(self.cf(CF_CHECKPOINTS), view.name().as_bytes());
+            }
+            let mut opts = WriteOptions::default();
+            opts.set_sync(true);
+            self.db.write_opt(wb, &opts)?;
         }
-        wb.delete_cf(self.cf(CF_CHECKPOINTS), view.name().as_bytes());
-        let mut opts = WriteOptions::default();
-        opts.set_sync(true);
-        self.db.write_opt(wb, &opts)?;
-        self.catch_up(view)
+        self.catch_up_group(views, &mut |_| Ok(()))
     }
 
     /// Every row of a view, in key order (for tests and rebuild checks).
@@ -153,14 +365,19 @@ impl Runner {
         Ok(out)
     }
 
-    /// Follows the log: catches up, then again whenever a batch is committed, until `shutdown`.
-    pub async fn follow(self: Arc<Self>, view: Arc<dyn View>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    /// Follows the log: catches the views up together, then again whenever a batch is committed,
+    /// until `shutdown`.
+    pub async fn follow(self: Arc<Self>, views: Vec<Arc<dyn View>>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut batches = self.ledger.subscribe_batches();
         loop {
-            let (me, v) = (self.clone(), view.clone());
-            match tokio::task::spawn_blocking(move || me.catch_up(v.as_ref())).await {
+            let (me, vs) = (self.clone(), views.clone());
+            let run = tokio::task::spawn_blocking(move || {
+                let refs: Vec<&dyn View> = vs.iter().map(|v| v.as_ref()).collect();
+                me.catch_up_group(&refs, &mut |_| Ok(()))
+            });
+            match run.await {
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::error!(view = view.name(), error = %e, "projection failed; retrying"),
+                Ok(Err(e)) => tracing::error!(error = %e, "projection failed; retrying"),
                 Err(_) => return,
             }
             tokio::select! {

@@ -4,9 +4,8 @@
 use ledger::access::AccessRecord;
 use ledger::types::{CustomerId, EventId, Metadata, Region};
 use ledger::{Ledger, LedgerConfig, RecordedEvent};
-use projections::{AuditView, ProjectionError, Runner, View, AUDIT_VIEW};
+use projections::{AuditView, ProjectionError, Runner, Tx, View, AUDIT_VIEW};
 use proptest::prelude::*;
-use rocksdb::{ColumnFamily, WriteBatch, DB};
 
 fn open() -> (Ledger, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -22,8 +21,8 @@ impl View for Appends {
     fn name(&self) -> &'static str {
         "appends"
     }
-    fn apply(&self, _db: &DB, cf: &ColumnFamily, wb: &mut WriteBatch, event: &RecordedEvent) -> Result<(), ProjectionError> {
-        wb.put_cf(cf, uuid::Uuid::new_v4().as_bytes(), event.header.position.0.to_be_bytes());
+    fn apply(&self, tx: &mut Tx<'_>, event: &RecordedEvent) -> Result<(), ProjectionError> {
+        tx.put(uuid::Uuid::new_v4().as_bytes().to_vec(), event.header.position.0.to_be_bytes().to_vec());
         Ok(())
     }
 }
@@ -61,12 +60,12 @@ proptest! {
         }
         incremental.catch_up(&AuditView).unwrap();
         let rebuilt = Runner::open_at(ledger.clone(), &dir.path().join("p2"), &[AUDIT_VIEW]).unwrap();
-        rebuilt.rebuild(&AuditView).unwrap();
+        rebuilt.rebuild(&[&AuditView]).unwrap();
         prop_assert_eq!(incremental.rows(AUDIT_VIEW).unwrap(), rebuilt.rows(AUDIT_VIEW).unwrap());
         prop_assert_eq!(incremental.lag(AUDIT_VIEW).unwrap(), 0);
         // And rebuilding in place changes nothing.
         let before = incremental.rows(AUDIT_VIEW).unwrap();
-        incremental.rebuild(&AuditView).unwrap();
+        incremental.rebuild(&[&AuditView]).unwrap();
         prop_assert_eq!(before, incremental.rows(AUDIT_VIEW).unwrap());
     }
 }
@@ -118,7 +117,7 @@ fn a_crash_mid_apply_loses_nothing_and_applies_nothing_twice() {
     });
     runner.catch_up(&AuditView).unwrap();
     let fresh = Runner::open_at(ledger.clone(), &dir.path().join("fresh"), &[AUDIT_VIEW]).unwrap();
-    fresh.rebuild(&AuditView).unwrap();
+    fresh.rebuild(&[&AuditView]).unwrap();
     assert_eq!(runner.rows(AUDIT_VIEW).unwrap(), fresh.rows(AUDIT_VIEW).unwrap());
     assert_eq!(AuditView::trail(runner.db(), customer).unwrap().len() as u64, events);
 }
