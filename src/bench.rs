@@ -35,6 +35,12 @@ pub enum Workload {
     /// `--events` messages from `--customers` numbers. Needs `--whatsapp-secret` and
     /// `--phone-number-id` of a configured account.
     W3,
+    /// In-process, no server: `--events` message events (JSON payloads like the connectors',
+    /// over `--customers` customers) appended to a fresh ledger in `--data-dir`, then the audit,
+    /// CRM-sync and routing views caught up from zero together, timed; then W1-style load
+    /// (`--writers` concurrent single-event appends) with the views following, and the delay from
+    /// an event's commit to its view commit reported as p50/p99.
+    Projections,
     /// W1, then W1b, then W2.
     All,
 }
@@ -81,6 +87,9 @@ pub struct BenchArgs {
     /// The `phone_number_id` of the account W3 posts for.
     #[arg(long, default_value = "106540352242922")]
     pub phone_number_id: String,
+    /// A fresh data directory for the projections workload (default: a temporary one).
+    #[arg(long)]
+    pub data_dir: Option<std::path::PathBuf>,
     /// The server's C2SP verifier key (`ledgerd audit public-key`), for the replay workload.
     #[arg(long, env = "LEDGER_VERIFIER_KEY")]
     pub verifier_key: Option<String>,
@@ -88,6 +97,9 @@ pub struct BenchArgs {
 
 /// Runs the chosen workloads and prints one line of results each.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.workload == Workload::Projections {
+        return projections_workload(&args).await;
+    }
     let mut channels = Vec::new();
     for _ in 0..args.connections.max(1) {
         let ch = Channel::from_shared(args.target.clone())?
@@ -439,5 +451,164 @@ async fn proof_workload(args: &BenchArgs, channels: &[Channel]) -> anyhow::Resul
         (size as f64).log2(),
         64 - (size - 1).leading_zeros(),
     );
+    Ok(())
+}
+
+/// A message event like the connectors write: a JSON payload of about 300 bytes.
+fn message_event(i: u64, rng: &mut impl Rng) -> ledger::NewEvent {
+    use ledger::types::{Direction, EventId, EventType, Metadata};
+    let limits = ledger::Limits::default();
+    let inbound = i % 5 != 4;
+    let texts = ["Quero fazer uma reclamação, o produto chegou quebrado", "Hi! I'd like to book a table for two", "¿Cuál es el precio del plan anual?", "hola", "The app is not working, I need help"];
+    let text = texts[rng.gen_range(0..texts.len())];
+    let (event_type, direction, payload) = if inbound {
+        let m = serde_json::json!({"schema": 1, "channel": "whatsapp", "direction": "inbound", "kind": "message", "provider_message_id": format!("wamid.{i}"),
+            "account": "106540352242922", "channel_identity": format!("55119{:08}", rng.gen_range(0..100_000_000u64)), "sender_name": "Cliente",
+            "message_type": "text", "text": text, "provider_timestamp_ms": 1_763_800_000_000i64 + i as i64});
+        ("MessageReceived", Direction::Inbound, m)
+    } else {
+        ("MessageQueued", Direction::Outbound, serde_json::json!({"schema": 1, "channel": "whatsapp", "account": "106540352242922", "to": "5511900000000", "content": {"type": "text", "body": "Obrigado pela sua mensagem."}}))
+    };
+    ledger::NewEvent {
+        event_id: EventId::new_random(),
+        event_type: EventType::parse(event_type, "event_type", &limits).expect("valid"),
+        channel: ledger::types::Channel::Whatsapp,
+        direction,
+        occurred_at: None,
+        metadata: Metadata::new(),
+        payload: serde_json::to_vec(&payload).expect("serializes"),
+        schema_version: 1,
+    }
+}
+
+async fn projections_workload(args: &BenchArgs) -> anyhow::Result<()> {
+    use ledger::types::{CustomerId, ExpectedVersion, Region, StreamName};
+    let tmp = tempfile::tempdir()?;
+    let dir = args.data_dir.clone().unwrap_or_else(|| tmp.path().to_owned());
+    let region = Region::parse(&args.region, "region").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let config = ledger::LedgerConfig::new(&dir, vec![region.clone()]);
+    let (ledger, _) = tokio::task::spawn_blocking(move || ledger::Ledger::open(config)).await?.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let customers: Arc<Vec<CustomerId>> = Arc::new((0..args.customers.max(1)).map(|_| CustomerId::new_random()).collect());
+    // 1. The log: W1b-style appends of `batch_events` message events per conversation.
+    let per_append = args.batch_events.max(1) as u64;
+    let appends = args.events.div_ceil(per_append);
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.writers.max(1) {
+        let (ledger, next, customers, region) = (ledger.clone(), next.clone(), customers.clone(), region.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= appends {
+                    break;
+                }
+                if n % 1000 == 0 && n > 0 {
+                    eprintln!("projections: {} events appended", n * per_append);
+                }
+                let events = {
+                    let mut rng = rand::thread_rng();
+                    (0..per_append).map(|i| message_event(n * per_append + i, &mut rng)).collect()
+                };
+                let customer = customers[(n as usize) % customers.len()];
+                let limits = ledger::Limits::default();
+                let input = ledger::AppendInput {
+                    customer,
+                    region: Some(region.clone()),
+                    stream: StreamName::parse(&format!("conv.whatsapp.{:016x}", n % (customers.len() as u64 * 2)), "stream", &limits).expect("valid"),
+                    expected: ExpectedVersion::Any,
+                    events,
+                };
+                ledger.append(input).await.map_err(|e| anyhow::anyhow!("append: {e}"))?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let size = ledger.committed_size();
+    eprintln!("projections: log of {size} events written in {:.1} s", started.elapsed().as_secs_f64());
+
+    // 2. Catch-up from zero, all three views in one pass.
+    let runner = projections::Runner::open_at(ledger.clone(), &dir.join("bench-projections"), &projections::VIEWS)?;
+    let views: Vec<Arc<dyn projections::View>> = projections::VIEWS.iter().filter_map(|n| projections::view_named(n)).collect();
+    let r = runner.clone();
+    let vs = views.clone();
+    let started = Instant::now();
+    let applied = tokio::task::spawn_blocking(move || {
+        let refs: Vec<&dyn projections::View> = vs.iter().map(|v| v.as_ref()).collect();
+        r.catch_up_group(&refs, &mut |p| {
+            if p % 131_072 < projections::APPLY_CHUNK_EVENTS as u64 {
+                eprintln!("projections: caught up to {p}");
+            }
+            Ok(())
+        })
+    })
+    .await??;
+    let secs = started.elapsed().as_secs_f64();
+    println!("projections catch-up: {applied} events into audit+crm+routing from zero in {secs:.2} s: {:.0} events/s", applied as f64 / secs);
+
+    // 3. Live: W1-style single-event appends with the views following; the delay from an event's
+    // recorded time to its view commit, per event.
+    let delays: Arc<std::sync::Mutex<Vec<u32>>> = Arc::default();
+    let sink = delays.clone();
+    runner.set_probe(Some(Box::new(move |events, now| {
+        let mut d = sink.lock().expect("probe");
+        d.extend(events.iter().map(|e| u32::try_from((now - e.header.recorded_at.0).max(0)).unwrap_or(u32::MAX)));
+    })));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let follower = tokio::spawn(runner.clone().follow(views, stop_rx));
+    let live_events = (args.events / 5).max(1000);
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.writers.max(1) {
+        let (ledger, next, customers, region) = (ledger.clone(), next.clone(), customers.clone(), region.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= live_events {
+                    break;
+                }
+                let event = message_event(n, &mut rand::thread_rng());
+                let customer = customers[rand::thread_rng().gen_range(0..customers.len())];
+                let limits = ledger::Limits::default();
+                let input = ledger::AppendInput {
+                    customer,
+                    region: Some(region.clone()),
+                    stream: StreamName::parse(&format!("conv.live.{}", &customer.to_string()[..8]), "stream", &limits).expect("valid"),
+                    expected: ExpectedVersion::Any,
+                    events: vec![event],
+                };
+                ledger.append(input).await.map_err(|e| anyhow::anyhow!("append: {e}"))?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let append_secs = started.elapsed().as_secs_f64();
+    // Let the views drain the tail.
+    let target = ledger.committed_size();
+    while runner.checkpoint(projections::ROUTING_VIEW)? < target {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop_tx.send(true);
+    let _ = follower.await;
+    let mut d = std::mem::take(&mut *delays.lock().expect("probe"));
+    d.sort_unstable();
+    let pct = |p: f64| d.get(((d.len() as f64 * p) as usize).min(d.len().saturating_sub(1))).copied().unwrap_or(0);
+    println!(
+        "projections live: {live_events} single-event appends by {} writers at {:.0} events/s; commit-to-view delay over {} events: p50 {} ms, p99 {} ms, max {} ms",
+        args.writers,
+        live_events as f64 / append_secs,
+        d.len(),
+        pct(0.50),
+        pct(0.99),
+        pct(1.0),
+    );
+    ledger.shutdown().await;
     Ok(())
 }

@@ -90,7 +90,7 @@ fn write_config(dir: &std::path::Path, api: &str) -> std::path::PathBuf {
     std::fs::write(
         &path,
         format!(
-            "[connectors]\noutbound_backoff_initial_ms = 100\noutbound_attempts_max = 5\n\
+            "[routing]\n# These tests count the events ingestion writes; the router would add its own.\nenabled = false\n[connectors]\noutbound_backoff_initial_ms = 100\noutbound_attempts_max = 5\n\
              [[connectors.twilio]]\naccount_sid = \"AC123\"\nauth_token = \"twilio-token\"\nregion = \"eu\"\nfrom_number = \"+15005550006\"\napi_base_url = \"{api}\"\n\
              [[connectors.slack]]\nteam_id = \"T1DC2JH3J\"\nsigning_secret = \"s\"\nregion = \"eu\"\nbot_token = \"xoxb-test\"\napi_base_url = \"{api}/slack\"\n\
              [[connectors.whatsapp]]\nphone_number_id = \"{NUMBER}\"\napp_secret = \"{WA_SECRET}\"\nverify_token = \"v\"\nregion = \"eu\"\n\

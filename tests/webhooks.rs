@@ -29,7 +29,7 @@ fn start() -> (Server, tempfile::TempDir) {
     std::fs::write(
         &config,
         format!(
-            "[connectors]\nbody_bytes_max = 65536\npublic_url = \"{PUBLIC_URL}\"\n\
+            "[routing]\n# These tests count the events ingestion writes; the router would add its own.\nenabled = false\n[connectors]\nbody_bytes_max = 65536\npublic_url = \"{PUBLIC_URL}\"\n\
              [[connectors.whatsapp]]\nphone_number_id = \"106540352242922\"\napp_secret = \"{WA_SECRET}\"\nverify_token = \"verify-me\"\nregion = \"eu\"\ndefault_phone_region = \"BR\"\n\
              [[connectors.slack]]\nteam_id = \"T1DC2JH3J\"\nsigning_secret = \"{SLACK_SECRET}\"\nregion = \"eu\"\n\
              [[connectors.twilio]]\naccount_sid = \"ACaaaabbbbccccddddeeeeffff00001111\"\nauth_token = \"{TWILIO_TOKEN}\"\nregion = \"us\"\n\

@@ -131,7 +131,7 @@ impl View for CrmView {
             return Ok(());
         }
         let position = h.position.0;
-        let decode = || serde_json::from_slice::<serde_json::Value>(payload).map_err(|e| ProjectionError::Apply { view: CRM_VIEW, position, reason: e.to_string() });
+        let decode = || crate::json::<serde_json::Value>(CRM_VIEW, payload);
         let interaction = |outcome: Option<&str>, channel: &str| Interaction {
             position,
             event_id: h.event_id.to_string(),
@@ -144,7 +144,7 @@ impl View for CrmView {
         };
         match h.event_type.as_str() {
             "MessageReceived" => {
-                if decode()?["kind"] != "message" {
+                if decode().is_none_or(|v| v["kind"] != "message") {
                     return Ok(());
                 }
                 tx.put_json(interaction_key(h.customer, h.occurred_at.0, position), &interaction(None, channel_name(h.channel)));
@@ -159,18 +159,18 @@ impl View for CrmView {
                 tx.put(outcome_key(h.customer, &h.event_id.to_string()), key);
             }
             "MessageSent" | "MessageFailed" => {
-                let p = decode()?;
+                let Some(p) = decode() else { return Ok(()) };
                 let queued = p["queued_event_id"].as_str().unwrap_or_default();
                 Self::set_outcome(tx, h.customer, queued, if h.event_type == "MessageSent" { "sent" } else { "failed" })?;
             }
             "MessageStatusUpdated" => {
-                let p = decode()?;
+                let Some(p) = decode() else { return Ok(()) };
                 if let (Some(linked), Some(status)) = (p["linked_event_id"].as_str(), p["status"]["status"].as_str()) {
                     Self::set_outcome(tx, h.customer, linked, status)?;
                 }
             }
             CRM_EVENT => {
-                let p = decode()?;
+                let Some(p) = decode() else { return Ok(()) };
                 tx.put_json(interaction_key(h.customer, h.occurred_at.0, position), &interaction(None, "crm"));
                 let set = crm_attributes(&p);
                 if !set.is_empty() {

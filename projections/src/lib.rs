@@ -59,6 +59,18 @@ pub fn channel_name(channel: ledger::types::Channel) -> &'static str {
     }
 }
 
+/// Decodes an event's JSON payload; `None` (counted) when it is not what the view expects, so an
+/// event appended with an unexpected payload through the public API cannot stall a view.
+pub(crate) fn json<T: serde::de::DeserializeOwned>(view: &'static str, payload: &[u8]) -> Option<T> {
+    match serde_json::from_slice(payload) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            metrics::counter!("ledger_projection_skipped_events_total", "view" => view).increment(1);
+            None
+        }
+    }
+}
+
 /// The customer an `ErasureRequested` event is about: from that event on, views forget them.
 pub fn erasure_of(event: &RecordedEvent) -> Option<ledger::types::CustomerId> {
     let h = &event.header;

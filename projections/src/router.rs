@@ -422,13 +422,13 @@ impl View for Router {
         if h.customer == ledger::access::SYSTEM_CUSTOMER || tx.get(&erased_key(h.customer))?.is_some() {
             return Ok(());
         }
-        let position = h.position.0;
-        let decode = || serde_json::from_slice::<serde_json::Value>(payload).map_err(|e| ProjectionError::Apply { view: ROUTER, position, reason: e.to_string() });
+        let decode = || crate::json::<serde_json::Value>(ROUTER, payload);
         let key = conv_key(h.customer, &h.stream);
         match h.event_type.as_str() {
             "MessageReceived" if h.direction == Direction::Inbound => {
-                let m = decode()?;
-                if m["kind"] == "message" {
+                if let Some(m) = decode()
+                    && m["kind"] == "message"
+                {
                     self.inbound(tx, event, &m)?;
                 }
             }
@@ -436,7 +436,7 @@ impl View for Router {
                 let mut conv: RouterConv = tx.get_json(&key)?.unwrap_or_else(|| RouterConv { channel: channel_name(h.channel).to_owned(), ..RouterConv::default() });
                 let at = h.occurred_at.0;
                 let ack = h.event_type == "MessageQueued" && conv.ack_event.as_deref() == Some(h.event_id.to_string().as_str());
-                let ack_sent = h.event_type == "MessageSent" && conv.ack_event.as_deref() == decode()?["queued_event_id"].as_str();
+                let ack_sent = h.event_type == "MessageSent" && decode().is_some_and(|v| conv.ack_event.as_deref() == v["queued_event_id"].as_str());
                 if !ack && !ack_sent {
                     conv.last_reply_ms = conv.last_reply_ms.max(at);
                 }
@@ -454,13 +454,13 @@ impl View for Router {
                         }
                     }
                     REROUTED => {
-                        let r: Rerouted = serde_json::from_slice(payload).map_err(|e| ProjectionError::Apply { view: ROUTER, position, reason: e.to_string() })?;
+                        let Some(r) = crate::json::<Rerouted>(ROUTER, payload) else { return Ok(()) };
                         conv.intent = Some(r.intent);
                         conv.queue = Some(r.queue);
                         conv.state = Some(ConversationState::AwaitingAgent);
                     }
                     _ => {
-                        let s: StateChanged = serde_json::from_slice(payload).map_err(|e| ProjectionError::Apply { view: ROUTER, position, reason: e.to_string() })?;
+                        let Some(s) = crate::json::<StateChanged>(ROUTER, payload) else { return Ok(()) };
                         conv.state = Some(s.state);
                     }
                 }
@@ -468,7 +468,8 @@ impl View for Router {
                 tx.put_json(key, &conv);
             }
             CRM_EVENT => {
-                let set = crm_attributes(&decode()?);
+                let Some(v) = decode() else { return Ok(()) };
+                let set = crm_attributes(&v);
                 if !set.is_empty() {
                     let mut attrs: BTreeMap<String, String> = tx.get_json(&attrs_key(h.customer))?.unwrap_or_default();
                     attrs.extend(set);

@@ -207,9 +207,6 @@ pub(crate) fn erased_key(customer: CustomerId) -> Vec<u8> {
     [b"x".as_slice(), customer.as_bytes()].concat()
 }
 
-fn decode<T: serde::de::DeserializeOwned>(payload: &[u8], position: u64) -> Result<T, ProjectionError> {
-    serde_json::from_slice(payload).map_err(|e| ProjectionError::Apply { view: ROUTING_VIEW, position, reason: e.to_string() })
-}
 
 fn bump(tx: &mut Tx<'_>, intent: Intent, conversations: i64, to_human: i64) -> Result<(), ProjectionError> {
     let key = stats_key(intent);
@@ -284,7 +281,7 @@ impl View for RoutingView {
         let step = |to: &str, by: &str| Transition { to: to.to_owned(), at_ms: at, position, by: by.to_owned() };
         let mut row = match (h.event_type.as_str(), &before) {
             ("MessageReceived", _) if h.direction == Direction::Inbound => {
-                let m: serde_json::Value = decode(payload, position)?;
+                let Some(m) = crate::json::<serde_json::Value>(ROUTING_VIEW, payload) else { return Ok(()) };
                 if m["kind"] != "message" {
                     return Ok(());
                 }
@@ -328,7 +325,7 @@ impl View for RoutingView {
                 r
             }
             (TRIAGED, Some(r)) => {
-                let t: Triaged = decode(payload, position)?;
+                let Some(t) = crate::json::<Triaged>(ROUTING_VIEW, payload) else { return Ok(()) };
                 let mut r = r.clone();
                 if let Some(old) = r.intent {
                     bump(tx, old, -1, if r.human { -1 } else { 0 })?;
@@ -343,7 +340,7 @@ impl View for RoutingView {
                 r
             }
             (ESCALATED, Some(r)) => {
-                let e: Escalated = decode(payload, position)?;
+                let Some(e) = crate::json::<Escalated>(ROUTING_VIEW, payload) else { return Ok(()) };
                 let mut r = r.clone();
                 r.escalation = Some(e.reason);
                 r.history.push(step(&format!("escalated:{}", e.reason.as_str()), "router"));
@@ -360,7 +357,7 @@ impl View for RoutingView {
                 r
             }
             (REROUTED, Some(r)) => {
-                let e: Rerouted = decode(payload, position)?;
+                let Some(e) = crate::json::<Rerouted>(ROUTING_VIEW, payload) else { return Ok(()) };
                 let mut r = r.clone();
                 if let Some(old) = r.intent {
                     bump(tx, old, -1, if r.human { -1 } else { 0 })?;
@@ -377,7 +374,7 @@ impl View for RoutingView {
                 r
             }
             (STATE_CHANGED, Some(r)) => {
-                let e: StateChanged = decode(payload, position)?;
+                let Some(e) = crate::json::<StateChanged>(ROUTING_VIEW, payload) else { return Ok(()) };
                 let mut r = r.clone();
                 r.state = e.state;
                 r.history.push(step(e.state.as_str(), &e.by));
