@@ -4,13 +4,13 @@
 
 use std::sync::Arc;
 
-use ledger::types::{Channel, CustomerId, Direction, EventId, EventType, ExpectedVersion, Metadata, Position, StreamName};
-use ledger::{AppendInput, EventFilter, Ledger, LedgerError, NewEvent, Payload};
+use ledger::types::{CustomerId, Direction, Position};
+use ledger::{EventFilter, Ledger, LedgerError, Payload};
 use projections::crm::CrmView;
 use projections::crm_push::CrmPush;
 use projections::routing::{ConversationRow, ConversationState, Rerouted, StateChanged, REROUTED, STATE_CHANGED};
 use projections::rules::{Intent, Rules};
-use projections::{ProjectionError, Runner, RoutingView};
+use projections::{EventIdFor, ProjectionError, Runner, RoutingView};
 use proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
@@ -108,36 +108,13 @@ fn context(ledger: &Ledger, views: &Runner, customer: CustomerId, max: usize) ->
     Ok(pb::GetCustomerContextResponse { customer_id: customer.to_string(), identities, interactions, conversations, attributes: rows.attributes.into_iter().collect() })
 }
 
-/// Appends an agent's decision to a conversation's stream.
+/// Appends an agent's decision to a conversation's stream (keyed by `request_id` when given, so a
+/// retry records one event).
 async fn append_decision(ledger: &Ledger, row: &ConversationRow, event_type: &str, request_id: &str, payload: Vec<u8>) -> Result<u64, LedgerError> {
-    let region = ledger.customer_region(row.customer)?;
-    let limits = &ledger.config().limits;
-    let event_id = if request_id.is_empty() { EventId::new_random() } else { ledger.keyed_event_id(&region, "agent", &format!("{event_type}:{request_id}"))? };
-    let channel = match row.channel.as_str() {
-        "whatsapp" => Channel::Whatsapp,
-        "sms" => Channel::Sms,
-        "slack" => Channel::Slack,
-        "teams" => Channel::Teams,
-        "email" => Channel::Email,
-        _ => Channel::Chat,
-    };
-    let input = AppendInput {
-        customer: row.customer,
-        region: Some(region),
-        stream: StreamName::parse(&row.stream, "stream", limits)?,
-        expected: ExpectedVersion::Any,
-        events: vec![NewEvent {
-            event_id,
-            event_type: EventType::parse(event_type, "event_type", limits)?,
-            channel,
-            direction: Direction::Internal,
-            occurred_at: None,
-            metadata: Metadata::new(),
-            payload,
-            schema_version: 1,
-        }],
-    };
-    Ok(ledger.append(input).await?.first_position.0)
+    let key = format!("{event_type}:{request_id}");
+    let id = if request_id.is_empty() { EventIdFor::Random } else { EventIdFor::Keyed { space: "agent", key: &key } };
+    let channel = projections::channel_from_name(&row.channel);
+    Ok(projections::append_one(ledger, row.customer, &row.stream, channel, Direction::Internal, event_type, id, None, payload).await?.first_position.0)
 }
 
 fn agent_field(agent: &str) -> Result<(), Status> {

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::*;
-use hmac::Mac;
 use proto::v1 as pb;
 use proto::v1::views_client::ViewsClient;
 
@@ -66,32 +65,19 @@ async fn fake_crm() -> (String, Crm) {
     (url, crm)
 }
 
-fn post(server: &Server, path: &str, headers: &[(&str, String)], body: &str) -> u16 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(&server.http_addr).unwrap();
-    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
-    write!(s, "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}", body.len()).unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 fn inbound(server: &Server, wa_id: &str, text: &str) {
     let body = serde_json::json!({"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{
         "messaging_product":"whatsapp","metadata":{"display_phone_number":"1","phone_number_id":NUMBER},
         "messages":[{"from":wa_id,"id":format!("wamid.{}", new_id()),"timestamp":"1763800000","type":"text","text":{"body":text}}]}}]}]})
     .to_string();
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(WA_SECRET.as_bytes()).unwrap();
-    mac.update(body.as_bytes());
-    let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-    assert_eq!(post(server, "/webhooks/whatsapp", &[("X-Hub-Signature-256", sig)], &body), 200);
+    post_whatsapp_signed(server, WA_SECRET, &body);
 }
 
 /// A CRM webhook, signed Standard Webhooks style with `secret`.
 fn crm_event(server: &Server, secret: &str, id: &str, body: &str) -> u16 {
     let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     let sig = erasure::webhook::sign(secret, id, ts, body.as_bytes());
-    post(server, "/webhooks/crm", &[("webhook-id", id.to_owned()), ("webhook-timestamp", ts.to_string()), ("webhook-signature", sig)], body)
+    http_post(server, "/webhooks/crm", &[("webhook-id", id.to_owned()), ("webhook-timestamp", ts.to_string()), ("webhook-signature", sig)], body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use hmac::Mac;
 use proto::v1 as pb;
 use proto::v1::messaging_client::MessagingClient;
 
@@ -101,26 +100,13 @@ fn write_config(dir: &std::path::Path, api: &str) -> std::path::PathBuf {
     path
 }
 
-/// POSTs a WhatsApp webhook body, signed with the app secret; it must be acknowledged.
-fn post_signed(server: &Server, body: &str) {
-    use std::io::{Read, Write};
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(WA_SECRET.as_bytes()).unwrap();
-    mac.update(body.as_bytes());
-    let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-    let mut s = std::net::TcpStream::connect(&server.http_addr).unwrap();
-    write!(s, "POST /webhooks/whatsapp HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Hub-Signature-256: {sig}\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-}
-
 /// An inbound WhatsApp message from `wa_id` at `ts` (unix seconds), posted and signed.
 fn inbound(server: &Server, wa_id: &str, ts: i64, id: &str) {
     let body = serde_json::json!({"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{
         "messaging_product":"whatsapp","metadata":{"display_phone_number":"1","phone_number_id":NUMBER},
         "messages":[{"from":wa_id,"id":id,"timestamp":ts.to_string(),"type":"text","text":{"body":"hello"}}]}}]}]})
     .to_string();
-    post_signed(server, &body);
+    post_whatsapp_signed(server, WA_SECRET, &body);
 }
 
 /// The provider id recorded in a queued message's `MessageSent`.
@@ -134,7 +120,7 @@ fn status_webhook(server: &Server, wa_id: &str, wamid: &str, status: &str) {
         "messaging_product":"whatsapp","metadata":{"display_phone_number":"1","phone_number_id":NUMBER},
         "statuses":[{"id":wamid,"status":status,"timestamp":now().to_string(),"recipient_id":wa_id}]}}]}]})
     .to_string();
-    post_signed(server, &body);
+    post_whatsapp_signed(server, WA_SECRET, &body);
 }
 
 fn now() -> i64 {

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use hmac::Mac;
 use proto::v1 as pb;
 use proto::v1::views_client::ViewsClient;
 
@@ -82,18 +81,6 @@ fn write_config(dir: &std::path::Path, api: &str) -> std::path::PathBuf {
     path
 }
 
-fn post_signed(server: &Server, body: &str) {
-    use std::io::{Read, Write};
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(WA_SECRET.as_bytes()).unwrap();
-    mac.update(body.as_bytes());
-    let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-    let mut s = std::net::TcpStream::connect(&server.http_addr).unwrap();
-    write!(s, "POST /webhooks/whatsapp HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Hub-Signature-256: {sig}\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-}
-
 fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }
@@ -105,7 +92,7 @@ fn inbound(server: &Server, wa_id: &str, name: &str, text: &str) {
         "contacts":[{"wa_id":wa_id,"profile":{"name":name}}],
         "messages":[{"from":wa_id,"id":format!("wamid.{}", new_id()),"timestamp":now().to_string(),"type":"text","text":{"body":text}}]}}]}]})
     .to_string();
-    post_signed(server, &body);
+    post_whatsapp_signed(server, WA_SECRET, &body);
 }
 
 async fn customer_of(server: &Server, wa_id: &str) -> String {

@@ -17,31 +17,31 @@ pub fn secret_key(secret: &str) -> Zeroizing<Vec<u8>> {
     }
 }
 
-/// The `webhook-signature` header value for one delivery attempt.
-pub fn sign(secret: &str, id: &str, timestamp_secs: i64, body: &[u8]) -> String {
-    let key = secret_key(secret);
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("HMAC takes any key length");
+/// The MAC over `{id}.{timestamp}.{body}`, ready to finalize or verify.
+fn mac(key: &[u8], id: &str, timestamp_secs: i64, body: &[u8]) -> Hmac<Sha256> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(id.as_bytes());
     mac.update(b".");
     mac.update(timestamp_secs.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    format!("v1,{}", B64.encode(mac.finalize().into_bytes()))
+    mac
+}
+
+/// The `webhook-signature` header value for one delivery attempt.
+pub fn sign(secret: &str, id: &str, timestamp_secs: i64, body: &[u8]) -> String {
+    format!("v1,{}", B64.encode(mac(&secret_key(secret), id, timestamp_secs, body).finalize().into_bytes()))
 }
 
 /// Checks a received `webhook-signature` header (one or more space-separated `v1,<base64>`
 /// signatures) in constant time. The caller checks the timestamp's freshness.
 pub fn verify(secret: &str, id: &str, timestamp_secs: i64, body: &[u8], header: &str) -> bool {
     let key = secret_key(secret);
-    header.split(' ').filter_map(|s| s.strip_prefix("v1,")).filter_map(|b| B64.decode(b).ok()).any(|sig| {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("HMAC takes any key length");
-        mac.update(id.as_bytes());
-        mac.update(b".");
-        mac.update(timestamp_secs.to_string().as_bytes());
-        mac.update(b".");
-        mac.update(body);
-        mac.verify_slice(&sig).is_ok()
-    })
+    header
+        .split(' ')
+        .filter_map(|s| s.strip_prefix("v1,"))
+        .filter_map(|b| B64.decode(b).ok())
+        .any(|sig| mac(&key, id, timestamp_secs, body).verify_slice(&sig).is_ok())
 }
 
 #[cfg(test)]

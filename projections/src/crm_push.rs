@@ -22,8 +22,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use ledger::types::{Channel, CustomerId, Direction, EventType, ExpectedVersion, Metadata, Position, StreamName, UnixMillis};
-use ledger::{AppendInput, EventFilter, Ledger, LedgerError, NewEvent, Payload, RecordedEvent};
+use ledger::types::{Channel, CustomerId, Direction, Position, UnixMillis};
+use ledger::{EventFilter, Ledger, LedgerError, Payload, RecordedEvent};
 use rand::Rng;
 use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
@@ -451,26 +451,10 @@ async fn crm_webhook(State(s): State<CrmWebhook>, headers: HeaderMap, body: Byte
 }
 
 async fn append_crm_event(ledger: &Ledger, customer: CustomerId, webhook_id: &str, ev: CrmEventIn) -> Result<bool, LedgerError> {
-    let region = ledger.customer_region(customer)?;
-    let limits = &ledger.config().limits;
     let payload = serde_json::json!({ "schema": 1, "crm_event_id": webhook_id, "type": ev.kind, "data": ev.data });
-    let input = AppendInput {
-        customer,
-        region: Some(region.clone()),
-        stream: StreamName::parse("crm", "stream", limits)?,
-        expected: ExpectedVersion::Any,
-        events: vec![NewEvent {
-            event_id: ledger.keyed_event_id(&region, "crm", webhook_id)?,
-            event_type: EventType::parse(CRM_EVENT, "event_type", limits)?,
-            channel: Channel::Internal,
-            direction: Direction::Inbound,
-            occurred_at: ev.occurred_at_ms.map(UnixMillis),
-            metadata: Metadata::new(),
-            payload: serde_json::to_vec(&payload).expect("serializes"),
-            schema_version: 1,
-        }],
-    };
-    match ledger.append(input).await {
+    let id = crate::EventIdFor::Keyed { space: "crm", key: webhook_id };
+    let occurred = ev.occurred_at_ms.map(UnixMillis);
+    match crate::append_one(ledger, customer, "crm", Channel::Internal, Direction::Inbound, CRM_EVENT, id, occurred, serde_json::to_vec(&payload).expect("serializes")).await {
         Ok(out) => Ok(!out.idempotent_replay),
         Err(LedgerError::DuplicateEventId { .. }) => Ok(false),
         Err(e) => Err(e),

@@ -59,6 +59,72 @@ pub fn channel_name(channel: ledger::types::Channel) -> &'static str {
     }
 }
 
+/// The channel called `name` (`channel_name`'s inverse; unknown names are in-app chat).
+pub fn channel_from_name(name: &str) -> ledger::types::Channel {
+    use ledger::types::Channel;
+    match name {
+        "whatsapp" => Channel::Whatsapp,
+        "sms" => Channel::Sms,
+        "slack" => Channel::Slack,
+        "teams" => Channel::Teams,
+        "email" => Channel::Email,
+        _ => Channel::Chat,
+    }
+}
+
+/// One event for an existing customer's stream, in the customer's region: what the router, the
+/// CRM webhook and agents' decisions append. Duplicate-id handling is the caller's.
+#[allow(clippy::too_many_arguments)]
+pub async fn append_one(
+    ledger: &Ledger,
+    customer: ledger::types::CustomerId,
+    stream: &str,
+    channel: ledger::types::Channel,
+    direction: ledger::types::Direction,
+    event_type: &str,
+    event_id: EventIdFor<'_>,
+    occurred_at: Option<UnixMillis>,
+    payload: Vec<u8>,
+) -> Result<ledger::AppendOutcome, LedgerError> {
+    use ledger::types::{EventId, EventType, ExpectedVersion, Metadata, StreamName};
+    let region = ledger.customer_region(customer)?;
+    let limits = &ledger.config().limits;
+    let event_id = match event_id {
+        EventIdFor::Keyed { space, key } => ledger.keyed_event_id(&region, space, key)?,
+        EventIdFor::Random => EventId::new_random(),
+    };
+    let input = ledger::AppendInput {
+        customer,
+        region: Some(region),
+        stream: StreamName::parse(stream, "stream", limits)?,
+        expected: ExpectedVersion::Any,
+        events: vec![ledger::NewEvent {
+            event_id,
+            event_type: EventType::parse(event_type, "event_type", limits)?,
+            channel,
+            direction,
+            occurred_at,
+            metadata: Metadata::new(),
+            payload,
+            schema_version: 1,
+        }],
+    };
+    ledger.append(input).await
+}
+
+/// How `append_one` names its event.
+pub enum EventIdFor<'a> {
+    /// Keyed (idempotent): the same space and key give the same id in the customer's region.
+    Keyed {
+        /// The id space (`router`, `crm`, `agent`).
+        space: &'a str,
+        /// The key within it.
+        key: &'a str,
+    },
+    /// A fresh random id.
+    Random,
+}
+
 /// Decodes an event's JSON payload; `None` (counted) when it is not what the view expects, so an
 /// event appended with an unexpected payload through the public API cannot stall a view.
 pub(crate) fn json<T: serde::de::DeserializeOwned>(view: &'static str, payload: &[u8]) -> Option<T> {

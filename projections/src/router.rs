@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use connectors::outbound::{Content, Outbound, SendRequest};
 use connectors::ConnectorError;
-use ledger::types::{Channel, CustomerId, Direction, EventType, ExpectedVersion, Metadata, StreamName, UnixMillis};
-use ledger::{AppendInput, Ledger, LedgerError, NewEvent, Payload, RecordedEvent};
+use ledger::types::{Channel, CustomerId, Direction, StreamName, UnixMillis};
+use ledger::{Ledger, LedgerError, Payload, RecordedEvent};
 use serde::{Deserialize, Serialize};
 
 use crate::crm::{crm_attributes, CRM_EVENT};
@@ -227,30 +227,9 @@ impl Router {
 
     #[allow(clippy::too_many_arguments)]
     async fn append(&self, customer: CustomerId, stream: &str, channel: Channel, event_type: &str, key: &str, occurred_ms: i64, payload: Vec<u8>) -> Result<(), ProjectionError> {
-        let region = match self.ledger.customer_region(customer) {
-            Ok(r) => r,
-            Err(LedgerError::CustomerErased { .. } | LedgerError::NotFound { .. }) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        };
-        let limits = &self.ledger.config().limits;
-        let input = AppendInput {
-            customer,
-            region: Some(region.clone()),
-            stream: StreamName::parse(stream, "stream", limits)?,
-            expected: ExpectedVersion::Any,
-            events: vec![NewEvent {
-                event_id: self.ledger.keyed_event_id(&region, "router", key)?,
-                event_type: EventType::parse(event_type, "event_type", limits)?,
-                channel,
-                direction: Direction::Internal,
-                occurred_at: Some(UnixMillis(occurred_ms)),
-                metadata: Metadata::new(),
-                payload,
-                schema_version: 1,
-            }],
-        };
-        match self.ledger.append(input).await {
-            Ok(_) | Err(LedgerError::DuplicateEventId { .. } | LedgerError::CustomerErased { .. }) => Ok(()),
+        let id = crate::EventIdFor::Keyed { space: "router", key };
+        match crate::append_one(&self.ledger, customer, stream, channel, Direction::Internal, event_type, id, Some(UnixMillis(occurred_ms)), payload).await {
+            Ok(_) | Err(LedgerError::DuplicateEventId { .. } | LedgerError::CustomerErased { .. } | LedgerError::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
@@ -334,7 +313,7 @@ impl Router {
             }
             let customer = CustomerId(uuid::Uuid::from_bytes(k[1..17].try_into().expect("16-byte customer")));
             let stream = String::from_utf8_lossy(&k[17..]).into_owned();
-            let channel = channel_of(&conv.channel);
+            let channel = crate::channel_from_name(&conv.channel);
             if now_ms - conv.last_activity_ms > abandon_ms {
                 let s = StateChanged { schema: 1, state: ConversationState::Abandoned, by: "router".into() };
                 self.push(Effect::Append {
@@ -391,17 +370,6 @@ impl Router {
                 _ = shutdown.wait_for(|s| *s) => return,
             }
         }
-    }
-}
-
-fn channel_of(name: &str) -> Channel {
-    match name {
-        "whatsapp" => Channel::Whatsapp,
-        "sms" => Channel::Sms,
-        "slack" => Channel::Slack,
-        "teams" => Channel::Teams,
-        "email" => Channel::Email,
-        _ => Channel::Chat,
     }
 }
 

@@ -221,3 +221,22 @@ pub fn root_of(leaves: &[[u8; 32]]) -> [u8; 32] {
         }
     }
 }
+
+/// A raw HTTP/1.1 POST to the server's HTTP port with extra headers; returns the status code.
+pub fn http_post(server: &Server, path: &str, headers: &[(&str, String)], body: &str) -> u16 {
+    let mut s = std::net::TcpStream::connect(&server.http_addr).unwrap();
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    write!(s, "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// POSTs a WhatsApp webhook body signed with `app_secret`; it must be acknowledged with 200.
+pub fn post_whatsapp_signed(server: &Server, app_secret: &str, body: &str) {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(app_secret.as_bytes()).unwrap();
+    mac.update(body.as_bytes());
+    let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    assert_eq!(http_post(server, "/webhooks/whatsapp", &[("X-Hub-Signature-256", sig)], body), 200);
+}
