@@ -59,6 +59,20 @@ pub struct SendRequest {
     pub request_id: String,
     /// Slack: the `thread_ts` to reply in.
     pub thread: Option<String>,
+    /// The recorded inbound message this answers, for senders that follow the log (the router).
+    /// The conversation index is written just after an inbound append, so a reader of the log
+    /// can see the message before the index does; the event itself is the authority for the
+    /// conversation stream and the start of WhatsApp's window.
+    pub reply_to: Option<ReplyTo>,
+}
+
+/// An inbound message, as recorded in the log.
+#[derive(Clone, Debug)]
+pub struct ReplyTo {
+    /// Its conversation stream.
+    pub stream: String,
+    /// Its provider time (the event's `occurred_at`), in Unix milliseconds.
+    pub inbound_ms: i64,
 }
 
 /// The `MessageQueued` payload (encrypted like every payload).
@@ -150,7 +164,10 @@ impl Outbound {
             Some((c, _)) if c == req.customer => {}
             _ => return Err(ConnectorError::Invalid { field: "to", reason: "does not belong to this customer".into() }),
         }
-        let conversation = self.ingestor.conversation(req.customer, Channel::Whatsapp)?;
+        let conversation = match req.reply_to {
+            Some(r) => Some((r.stream, r.inbound_ms)),
+            None => self.ingestor.conversation(req.customer, Channel::Whatsapp)?,
+        };
         if matches!(req.content, Content::Text { .. }) {
             let window_ms = i64::try_from(self.config.whatsapp_window_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
             let open = conversation.as_ref().is_some_and(|(_, last)| UnixMillis::now().0 - last <= window_ms);
@@ -177,7 +194,10 @@ impl Outbound {
             return Err(ConnectorError::Invalid { field: "to", reason: "must be a Slack channel id".into() });
         }
         let event_id = ledger.keyed_event_id(&region, "slack-send", &req.request_id)?;
-        let stream = self.ingestor.conversation_or_new(req.customer, Channel::Slack, "slack")?;
+        let stream = match req.reply_to {
+            Some(r) => r.stream,
+            None => self.ingestor.conversation_or_new(req.customer, Channel::Slack, "slack")?,
+        };
         let payload = Queued { schema: 1, channel: "slack".into(), account: req.account, to: req.to, content: req.content, thread: req.thread };
         self.queue(req.customer, region, stream, event_id, Channel::Slack, payload).await
     }
@@ -196,7 +216,10 @@ impl Outbound {
             _ => return Err(ConnectorError::Invalid { field: "to", reason: "does not belong to this customer".into() }),
         }
         let event_id = ledger.keyed_event_id(&region, "sms-send", &req.request_id)?;
-        let stream = self.ingestor.conversation_or_new(req.customer, Channel::Sms, "sms")?;
+        let stream = match req.reply_to {
+            Some(r) => r.stream,
+            None => self.ingestor.conversation_or_new(req.customer, Channel::Sms, "sms")?,
+        };
         let payload = Queued { schema: 1, channel: "sms".into(), account: req.account, to: phone.value, content: req.content, thread: None };
         self.queue(req.customer, region, stream, event_id, Channel::Sms, payload).await
     }

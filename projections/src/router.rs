@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use connectors::outbound::{Content, Outbound, SendRequest};
+use connectors::outbound::{Content, Outbound, ReplyTo, SendRequest};
 use connectors::ConnectorError;
 use ledger::types::{Channel, CustomerId, Direction, StreamName, UnixMillis};
 use ledger::{Ledger, LedgerError, Payload, RecordedEvent};
@@ -157,7 +157,9 @@ impl Router {
                 let request_id = format!("ack:{source}");
                 let region = self.ledger.customer_region(h.customer)?;
                 conv.ack_event = Some(self.ledger.keyed_event_id(&region, space, &request_id)?.to_string());
-                self.push(Effect::Send { req: SendRequest { customer: h.customer, account, to, content: Content::Text { body: body.to_owned() }, request_id, thread } });
+                let reply_to = Some(ReplyTo { stream: h.stream.clone(), inbound_ms: at });
+                let req = SendRequest { customer: h.customer, account, to, content: Content::Text { body: body.to_owned() }, request_id, thread, reply_to };
+                self.push(Effect::Send { req });
             }
         }
         if !conv.escalated {
@@ -284,6 +286,7 @@ impl Router {
             content: Content::Text { body },
             request_id: format!("escalation:{key}"),
             thread: None,
+            reply_to: None,
         };
         match handle.block_on(outbound.send(req)) {
             Ok(_) | Err(ConnectorError::Ledger(LedgerError::CustomerErased { .. })) => Ok(()),
