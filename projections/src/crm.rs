@@ -144,7 +144,7 @@ impl View for CrmView {
         };
         match h.event_type.as_str() {
             "MessageReceived" => {
-                if decode().is_none_or(|v| v["kind"] != "message") {
+                if !crate::is_message(CRM_VIEW, payload) {
                     return Ok(());
                 }
                 tx.put_json(interaction_key(h.customer, h.occurred_at.0, position), &interaction(None, channel_name(h.channel)));

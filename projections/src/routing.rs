@@ -281,8 +281,7 @@ impl View for RoutingView {
         let step = |to: &str, by: &str| Transition { to: to.to_owned(), at_ms: at, position, by: by.to_owned() };
         let mut row = match (h.event_type.as_str(), &before) {
             ("MessageReceived", _) if h.direction == Direction::Inbound => {
-                let Some(m) = crate::json::<serde_json::Value>(ROUTING_VIEW, payload) else { return Ok(()) };
-                if m["kind"] != "message" {
+                if !crate::is_message(ROUTING_VIEW, payload) {
                     return Ok(());
                 }
                 match before.clone() {

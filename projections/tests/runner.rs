@@ -14,12 +14,12 @@ fn open() -> (Ledger, tempfile::TempDir) {
 }
 
 /// Not idempotent on purpose: every apply adds a row under a fresh key, so an event applied
-/// twice shows as an extra row.
-struct Appends;
+/// twice shows as an extra row. The name tells two of them apart in one group.
+struct Appends(&'static str);
 
 impl View for Appends {
     fn name(&self) -> &'static str {
-        "appends"
+        self.0
     }
     fn apply(&self, tx: &mut Tx<'_>, event: &RecordedEvent) -> Result<(), ProjectionError> {
         tx.put(uuid::Uuid::new_v4().as_bytes().to_vec(), event.header.position.0.to_be_bytes().to_vec());
@@ -70,12 +70,8 @@ proptest! {
     }
 }
 
-#[test]
-fn a_crash_mid_apply_loses_nothing_and_applies_nothing_twice() {
-    let rt = runtime();
-    let (ledger, dir) = open();
-    let customer = CustomerId::new_random();
-    // More than one apply batch of events.
+/// More than one apply batch of access records about `customer`.
+fn fill(rt: &tokio::runtime::Runtime, ledger: &Ledger, customer: CustomerId) {
     let total = projections::APPLY_CHUNK_EVENTS + 500;
     rt.block_on(async {
         let mut tasks = Vec::new();
@@ -93,10 +89,24 @@ fn a_crash_mid_apply_loses_nothing_and_applies_nothing_twice() {
             t.await.unwrap();
         }
     });
+}
+
+fn positions(runner: &Runner, view: &str) -> Vec<u64> {
+    let mut positions: Vec<u64> = runner.rows(view).unwrap().iter().map(|(_, v)| u64::from_be_bytes(v[..].try_into().unwrap())).collect();
+    positions.sort_unstable();
+    positions
+}
+
+#[test]
+fn a_crash_mid_apply_loses_nothing_and_applies_nothing_twice() {
+    let rt = runtime();
+    let (ledger, dir) = open();
+    let customer = CustomerId::new_random();
+    fill(&rt, &ledger, customer);
     let events = ledger.committed_size();
     let runner = Runner::open_at(ledger.clone(), &dir.path().join("p"), &["appends", AUDIT_VIEW]).unwrap();
     let mut commits = 0;
-    let crashed = runner.catch_up_with(&Appends, &mut |_| {
+    let crashed = runner.catch_up_with(&Appends("appends"), &mut |_| {
         commits += 1;
         if commits == 2 { Err(ProjectionError::Apply { view: "appends", position: 0, reason: "simulated crash".into() }) } else { Ok(()) }
     });
@@ -104,11 +114,9 @@ fn a_crash_mid_apply_loses_nothing_and_applies_nothing_twice() {
     let after_crash = runner.checkpoint("appends").unwrap();
     assert_eq!(after_crash, projections::APPLY_CHUNK_EVENTS as u64, "the first batch committed, the second not at all");
     assert_eq!(runner.rows("appends").unwrap().len() as u64, after_crash, "rows and checkpoint moved together");
-    runner.catch_up(&Appends).unwrap();
+    runner.catch_up(&Appends("appends")).unwrap();
     assert_eq!(runner.checkpoint("appends").unwrap(), events);
-    let mut positions: Vec<u64> = runner.rows("appends").unwrap().iter().map(|(_, v)| u64::from_be_bytes(v[..].try_into().unwrap())).collect();
-    positions.sort_unstable();
-    assert_eq!(positions, (0..events).collect::<Vec<_>>(), "every event applied exactly once");
+    assert_eq!(positions(&runner, "appends"), (0..events).collect::<Vec<_>>(), "every event applied exactly once");
     // The audit view, crashed the same way, ends equal to a rebuild.
     let mut commits = 0;
     let _ = runner.catch_up_with(&AuditView, &mut |_| {
@@ -120,4 +128,36 @@ fn a_crash_mid_apply_loses_nothing_and_applies_nothing_twice() {
     fresh.rebuild(&[&AuditView]).unwrap();
     assert_eq!(runner.rows(AUDIT_VIEW).unwrap(), fresh.rows(AUDIT_VIEW).unwrap());
     assert_eq!(AuditView::trail(runner.db(), customer).unwrap().len() as u64, events);
+}
+
+/// A group catch-up far behind reads ahead on a second thread and applies the views side by
+/// side; with one view a batch ahead of the other and a crash between commits, each view still
+/// ends with every event exactly once.
+#[test]
+fn a_group_with_views_at_different_positions_applies_each_event_once_to_each() {
+    let rt = runtime();
+    let (ledger, dir) = open();
+    fill(&rt, &ledger, CustomerId::new_random());
+    let events = ledger.committed_size();
+    let runner = Runner::open_at(ledger.clone(), &dir.path().join("p"), &["appends", "appends-too"]).unwrap();
+    // `appends` gets one batch ahead.
+    let mut commits = 0;
+    let _ = runner.catch_up_with(&Appends("appends"), &mut |_| {
+        commits += 1;
+        if commits == 2 { Err(ProjectionError::Apply { view: "appends", position: 0, reason: "simulated crash".into() }) } else { Ok(()) }
+    });
+    assert_eq!(runner.checkpoint("appends").unwrap(), projections::APPLY_CHUNK_EVENTS as u64);
+    // The group crashes after its first commit, then finishes.
+    let mut commits = 0;
+    let crashed = runner.catch_up_group(&[&Appends("appends"), &Appends("appends-too")], &mut |_| {
+        commits += 1;
+        if commits == 2 { Err(ProjectionError::Apply { view: "appends", position: 0, reason: "simulated crash".into() }) } else { Ok(()) }
+    });
+    assert!(crashed.is_err());
+    assert_eq!(runner.checkpoint("appends-too").unwrap(), projections::APPLY_CHUNK_EVENTS as u64);
+    runner.catch_up_group(&[&Appends("appends"), &Appends("appends-too")], &mut |_| Ok(())).unwrap();
+    for view in ["appends", "appends-too"] {
+        assert_eq!(runner.checkpoint(view).unwrap(), events, "{view}");
+        assert_eq!(positions(&runner, view), (0..events).collect::<Vec<_>>(), "{view}: every event applied exactly once");
+    }
 }
