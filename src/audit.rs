@@ -105,6 +105,7 @@ impl pb::audit_server::Audit for AuditService {
         let req = request.into_inner();
         let limits = &self.ledger.config().limits;
         let customer = CustomerId::parse(&req.customer_id, "customer_id").map_err(status)?;
+        caller.may_customer(&self.ledger, customer).await?;
         let stream = if req.stream.is_empty() { None } else { Some(StreamName::parse(&req.stream, "stream", limits).map_err(status)?) };
         if req.to_position != 0 && req.to_position <= req.from_position {
             return Err(status(ledger::LedgerError::invalid("to_position", "must be 0 or above from_position")));
@@ -211,7 +212,9 @@ impl pb::audit_server::Audit for AuditService {
         &self,
         request: Request<pb::GetCustomerAuditTrailRequest>,
     ) -> Result<Response<pb::GetCustomerAuditTrailResponse>, Status> {
+        let caller = Caller::of(&request);
         let customer = CustomerId::parse(&request.into_inner().customer_id, "customer_id").map_err(status)?;
+        caller.may_customer(&self.ledger, customer).await?;
         let views = self.views.clone();
         let entries = blocking(move || {
             // Bring the view up to date first, so the trail includes every committed record.

@@ -10,7 +10,7 @@ use clap::{Args, ValueEnum};
 use proto::v1 as pb;
 use proto::v1::ledger_client::LedgerClient;
 use rand::{Rng, RngCore};
-use tonic::transport::Channel;
+use crate::client::Conn;
 
 /// Workloads of `ledgerd bench`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -102,11 +102,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let mut channels = Vec::new();
     for _ in 0..args.connections.max(1) {
-        let ch = Channel::from_shared(args.target.clone())?
-            .connect()
-            .await
-            .with_context(|| format!("connecting to {}", args.target))?;
-        channels.push(ch);
+        channels.push(crate::client::connect(&args.target).await?);
     }
     let customers: Arc<Vec<String>> = Arc::new((0..args.customers.max(1)).map(|_| uuid::Uuid::new_v4().to_string()).collect());
     let w = args.workload;
@@ -190,7 +186,7 @@ async fn webhook_workload(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn erasure_workload(args: &BenchArgs, channels: &[Channel]) -> anyhow::Result<()> {
+async fn erasure_workload(args: &BenchArgs, channels: &[Conn]) -> anyhow::Result<()> {
     use proto::v1::privacy_client::PrivacyClient;
     let big = uuid::Uuid::new_v4().to_string();
     let small = uuid::Uuid::new_v4().to_string();
@@ -250,7 +246,7 @@ async fn erasure_workload(args: &BenchArgs, channels: &[Channel]) -> anyhow::Res
     Ok(())
 }
 
-async fn replay_workload(args: &BenchArgs, channels: &[Channel]) -> anyhow::Result<()> {
+async fn replay_workload(args: &BenchArgs, channels: &[Conn]) -> anyhow::Result<()> {
     let vkey = args.verifier_key.clone().context("the replay workload needs --verifier-key (from `ledgerd audit public-key`)")?;
     let customer = uuid::Uuid::new_v4().to_string();
     write_workload("replay setup", args, channels, Arc::new(vec![customer.clone()]), args.batch_events.max(1)).await?;
@@ -292,7 +288,7 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 async fn write_workload(
     name: &str,
     args: &BenchArgs,
-    channels: &[Channel],
+    channels: &[Conn],
     customers: Arc<Vec<String>>,
     per_append: usize,
 ) -> anyhow::Result<()> {
@@ -378,7 +374,7 @@ async fn write_workload(
     Ok(())
 }
 
-async fn read_workload(channel: &Channel) -> anyhow::Result<()> {
+async fn read_workload(channel: &Conn) -> anyhow::Result<()> {
     let mut client = LedgerClient::new(channel.clone()).max_decoding_message_size(64 * 1024 * 1024);
     let started = Instant::now();
     let mut stream = client
@@ -406,7 +402,7 @@ async fn read_workload(channel: &Channel) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn proof_workload(args: &BenchArgs, channels: &[Channel]) -> anyhow::Result<()> {
+async fn proof_workload(args: &BenchArgs, channels: &[Conn]) -> anyhow::Result<()> {
     use proto::v1::audit_client::AuditClient;
     let mut audit = AuditClient::new(channels[0].clone());
     let head = audit.get_tree_head(pb::GetTreeHeadRequest {}).await?.into_inner().tree_head.context("no tree head")?;

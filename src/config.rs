@@ -42,6 +42,10 @@ pub struct ServeArgs {
     /// Log format: `text` or `json` [default: text].
     #[arg(long, env = "LEDGER_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Serve plaintext gRPC and HTTP on an address beyond loopback. Refused without it: tokens
+    /// and decrypted data would cross the network in the clear.
+    #[arg(long, env = "LEDGER_ALLOW_PLAINTEXT_BEYOND_LOOPBACK")]
+    pub allow_plaintext_beyond_loopback: bool,
 }
 
 fn parse_check(s: &str) -> Result<StartupCheck, String> {
@@ -122,6 +126,8 @@ pub struct ServeConfig {
     pub routing: RoutingConfig,
     /// The routing rules (from `routing.rules`, or the embedded defaults).
     pub rules: projections::rules::Rules,
+    /// Whether plaintext listeners beyond loopback are allowed (flag or environment only).
+    pub allow_plaintext_beyond_loopback: bool,
 }
 
 impl ServeConfig {
@@ -170,6 +176,7 @@ impl ServeConfig {
             grpc_addr: args.grpc_addr.clone().or(file.grpc_addr).unwrap_or_else(|| "127.0.0.1:50051".into()),
             http_addr: args.http_addr.clone().or(file.http_addr).unwrap_or_else(|| "127.0.0.1:8080".into()),
             log_format,
+            allow_plaintext_beyond_loopback: args.allow_plaintext_beyond_loopback,
             erasure: {
                 file.erasure.validate().map_err(|e| anyhow::anyhow!("invalid {e}"))?;
                 file.erasure

@@ -31,9 +31,6 @@ pub struct EraseArgs {
     pub retry_dead_letters: bool,
 }
 
-async fn channel(target: &str) -> anyhow::Result<tonic::transport::Channel> {
-    tonic::transport::Channel::from_shared(target.to_owned())?.connect().await.with_context(|| format!("connecting to {target}"))
-}
 
 fn fail(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{} ({:?})", s.message(), s.code())
@@ -67,7 +64,7 @@ fn print_status(s: &pb::ErasureStatus) {
 
 /// Runs `ledgerd erase`.
 pub async fn erase(args: EraseArgs) -> anyhow::Result<()> {
-    let mut privacy = pb::privacy_client::PrivacyClient::new(channel(&args.target).await?);
+    let mut privacy = pb::privacy_client::PrivacyClient::new(crate::client::connect(&args.target).await?);
     if args.retry_dead_letters {
         let r = privacy.retry_dead_letters(pb::RetryDeadLettersRequest {}).await.map_err(fail)?.into_inner();
         println!("queued {} dead-lettered notification(s) again", r.requeued);
@@ -136,17 +133,17 @@ pub enum KeysCommand {
 pub async fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
     match cmd {
         KeysCommand::Rotate { target, region } => {
-            let mut admin = pb::admin_client::AdminClient::new(channel(&target).await?);
+            let mut admin = pb::admin_client::AdminClient::new(crate::client::connect(&target).await?);
             let r = admin.rotate_region_key(pb::RotateRegionKeyRequest { region: region.clone() }).await.map_err(fail)?.into_inner();
             println!("region {region}: KEK version {} is current; {} data key(s) rewrapped", r.version, r.rewrapped);
         }
         KeysCommand::Destroy { target, region, version } => {
-            let mut admin = pb::admin_client::AdminClient::new(channel(&target).await?);
+            let mut admin = pb::admin_client::AdminClient::new(crate::client::connect(&target).await?);
             admin.destroy_region_key(pb::DestroyRegionKeyRequest { region: region.clone(), version }).await.map_err(fail)?;
             println!("region {region}: KEK version {version} destroyed");
         }
         KeysCommand::List { target, region } => {
-            let mut admin = pb::admin_client::AdminClient::new(channel(&target).await?);
+            let mut admin = pb::admin_client::AdminClient::new(crate::client::connect(&target).await?);
             let r = admin.list_region_keys(pb::ListRegionKeysRequest { region: region.clone() }).await.map_err(fail)?.into_inner();
             for v in r.versions {
                 println!("region {region} KEK v{}{}: {} data key(s)", v.version, if v.current { " (current)" } else { "" }, v.data_keys);
@@ -179,14 +176,14 @@ pub enum ProjectionsCommand {
 pub async fn projections(cmd: ProjectionsCommand) -> anyhow::Result<()> {
     match cmd {
         ProjectionsCommand::Status { target } => {
-            let mut admin = pb::admin_client::AdminClient::new(channel(&target).await?);
+            let mut admin = pb::admin_client::AdminClient::new(crate::client::connect(&target).await?);
             let r = admin.get_projection_status(pb::GetProjectionStatusRequest {}).await.map_err(fail)?.into_inner();
             for p in r.projections {
                 println!("{}: checkpoint {}, {} position(s) and {:.3} s behind", p.name, p.checkpoint, p.lag_positions, p.lag_seconds);
             }
         }
         ProjectionsCommand::Rebuild { name, target } => {
-            let mut admin = pb::admin_client::AdminClient::new(channel(&target).await?);
+            let mut admin = pb::admin_client::AdminClient::new(crate::client::connect(&target).await?);
             eprintln!("rebuilding {name} from position 0...");
             let r = admin.rebuild_projection(pb::RebuildProjectionRequest { name: name.clone() }).await.map_err(fail)?.into_inner();
             println!("{name}: rebuilt from {} event(s)", r.events_applied);

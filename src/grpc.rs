@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ledger::types::{Channel, CustomerId, Direction, EventId, EventType, ExpectedVersion, Position, StreamName, StreamVersion, UnixMillis};
+use crate::auth::Principal;
 use ledger::access::AccessRecord;
 use ledger::{AppendInput, ErrorCode, EventFilter, Ledger, LedgerError, NewEvent, Payload, RecordedEvent};
 use proto::v1 as pb;
@@ -171,25 +172,76 @@ fn filter_from_pb(f: Option<pb::EventFilter>) -> Result<EventFilter, LedgerError
     Ok(EventFilter { customer, event_types: f.event_types, channels })
 }
 
-/// Who is calling and from where, for access records. There is no authentication yet, so every
-/// caller is `anonymous`; the origin is the peer's socket address.
+/// Who is calling and from where, for access records and region scopes: the principal the
+/// authentication layer put on the request, and the peer's socket address.
 #[derive(Clone, Debug)]
 pub(crate) struct Caller {
-    principal: String,
+    principal: Option<Principal>,
+    action: String,
     origin: String,
 }
 
 impl Caller {
     pub(crate) fn of<T>(request: &Request<T>) -> Self {
         Caller {
-            principal: "anonymous".into(),
+            principal: request.extensions().get::<Principal>().cloned(),
+            action: request.extensions().get::<crate::auth::Method>().map_or_else(String::new, |m| m.0.clone()),
             origin: request.remote_addr().map_or_else(|| "unknown".into(), |a| a.to_string()),
         }
     }
 
+    fn name(&self) -> &str {
+        self.principal.as_ref().map_or("anonymous", |p| p.name.as_str())
+    }
+
     /// An access record of `action` by this caller, outcome `granted`.
     pub(crate) fn access(&self, action: &str) -> AccessRecord {
-        AccessRecord::granted(&self.principal, action, &self.origin)
+        AccessRecord::granted(self.name(), action, &self.origin)
+    }
+
+    /// Refuses (and records) a caller not scoped to `region`. A request with no principal
+    /// never got past authentication, so it is refused too (fail closed).
+    pub(crate) async fn may_region(&self, ledger: &Ledger, region: &str) -> Result<(), Status> {
+        match &self.principal {
+            Some(p) if p.regions.as_ref().is_none_or(|rs| rs.iter().any(|r| r == region)) => Ok(()),
+            _ => {
+                let record = self.access(&self.action).param("region", region);
+                crate::auth::record_refusal(ledger, record, "PERMISSION_DENIED", None).await;
+                Err(Status::permission_denied(format!("{} is not scoped to region {region}", self.name())))
+            }
+        }
+    }
+
+    /// Refuses (and records) a caller not scoped to `customer`'s region. An unknown customer
+    /// passes here and is the handler's NOT_FOUND.
+    pub(crate) async fn may_customer(&self, ledger: &Ledger, customer: CustomerId) -> Result<(), Status> {
+        if self.principal.as_ref().is_some_and(|p| !p.scoped()) {
+            return Ok(());
+        }
+        match ledger.customer_region(customer) {
+            Ok(region) => self.may_region(ledger, region.as_str()).await,
+            Err(LedgerError::NotFound { .. }) if self.principal.is_some() => Ok(()),
+            Err(_) => self.may_region(ledger, "unknown").await,
+        }
+    }
+
+    /// Whether a listing may show `customer` to this caller (no record: nothing is refused).
+    pub(crate) fn sees(&self, ledger: &Ledger, customer: CustomerId) -> bool {
+        match &self.principal {
+            Some(p) if !p.scoped() => true,
+            Some(p) => ledger.customer_region(customer).is_ok_and(|r| p.may(&r)),
+            None => false,
+        }
+    }
+
+    /// For calls across customers (ReadAll, Subscribe): a region-scoped caller must name one
+    /// customer of its regions.
+    pub(crate) async fn may_filter(&self, ledger: &Ledger, filter: &EventFilter) -> Result<(), Status> {
+        match (&self.principal, filter.customer) {
+            (Some(p), _) if !p.scoped() => Ok(()),
+            (Some(_), Some(customer)) => self.may_customer(ledger, customer).await,
+            _ => self.may_region(ledger, "all").await,
+        }
     }
 }
 
@@ -294,7 +346,12 @@ pub(crate) async fn blocking_outcome<T: Send + 'static>(
 #[tonic::async_trait]
 impl pb::ledger_server::Ledger for LedgerService {
     async fn append(&self, request: Request<pb::AppendRequest>) -> Result<Response<pb::AppendResponse>, Status> {
+        let caller = Caller::of(&request);
         let input = append_input(request.into_inner(), &self.ledger).map_err(status)?;
+        match &input.region {
+            Some(region) => caller.may_region(&self.ledger, region.as_str()).await?,
+            None => caller.may_customer(&self.ledger, input.customer).await?,
+        }
         let out = self.ledger.append(input).await.map_err(status)?;
         Ok(Response::new(pb::AppendResponse {
             first_position: out.first_position.0,
@@ -306,8 +363,10 @@ impl pb::ledger_server::Ledger for LedgerService {
     }
 
     async fn resolve_customer(&self, request: Request<pb::ResolveCustomerRequest>) -> Result<Response<pb::ResolveCustomerResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let region = ledger::types::Region::parse(&req.region, "region").map_err(status)?;
+        caller.may_region(&self.ledger, region.as_str()).await?;
         let ids = identifiers_from_pb(req.identifier, &req.default_phone_region)?;
         match self.ledger.resolve_customer(&ids, &region, req.create).await.map_err(status)? {
             Some((customer, created)) => Ok(Response::new(pb::ResolveCustomerResponse { customer_id: customer.to_string(), created })),
@@ -316,8 +375,10 @@ impl pb::ledger_server::Ledger for LedgerService {
     }
 
     async fn link_identifier(&self, request: Request<pb::LinkIdentifierRequest>) -> Result<Response<pb::LinkIdentifierResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let customer = CustomerId::parse(&req.customer_id, "customer_id").map_err(status)?;
+        caller.may_customer(&self.ledger, customer).await?;
         let ids = identifiers_from_pb(req.identifier, &req.default_phone_region)?;
         self.ledger.link_identifiers(customer, &ids).await.map_err(status)?;
         Ok(Response::new(pb::LinkIdentifierResponse {}))
@@ -330,6 +391,7 @@ impl pb::ledger_server::Ledger for LedgerService {
         let req = request.into_inner();
         let limits = &self.ledger.config().limits;
         let customer = CustomerId::parse(&req.customer_id, "customer_id").map_err(status)?;
+        caller.may_customer(&self.ledger, customer).await?;
         let stream = StreamName::parse(&req.stream, "stream", limits).map_err(status)?;
         let backward = req.direction == pb::ReadDirection::Backward as i32;
         let mut access = caller.access("ledger.v1.Ledger/ReadStream");
@@ -373,6 +435,7 @@ impl pb::ledger_server::Ledger for LedgerService {
         let caller = Caller::of(&request);
         let req = request.into_inner();
         let filter = filter_from_pb(req.filter).map_err(status)?;
+        caller.may_filter(&self.ledger, &filter).await?;
         let ledger = self.ledger.clone();
         let end = Position(ledger.committed_size());
         // Written before the first event is read: the log is immutable, so the range, count and
@@ -421,6 +484,7 @@ impl pb::ledger_server::Ledger for LedgerService {
         let caller = Caller::of(&request);
         let req = request.into_inner();
         let filter = Arc::new(filter_from_pb(req.filter).map_err(status)?);
+        caller.may_filter(&self.ledger, &filter).await?;
         // A subscription's extent is unknown in advance: one record grants it from its start
         // position before anything is sent, and a closing record says how far it got.
         let access = filter_params(caller.access("ledger.v1.Ledger/Subscribe"), &filter).param("from_position", req.from_position);

@@ -1,7 +1,9 @@
 //! `ledgerd`: the ledger server and its command-line tools.
 
 mod audit;
+mod auth;
 mod bench;
+mod client;
 mod config;
 mod dpo;
 mod grpc;
@@ -154,6 +156,11 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     }
     tracing::info!(tree_size = report.tree_size, events_checked = report.events_checked, check = ?config.ledger.startup_check, "store verified");
 
+    let tokens = std::sync::Arc::new(auth::TokenStore::open(&config.ledger.data_dir.join("auth").join("tokens.json"))?);
+    if let Some(path) = auth::bootstrap(&tokens, &config.ledger.data_dir)? {
+        tracing::warn!(path = %path.display(), "first start: created an admin token (0600); the CLI reads it from there, other clients send it as `authorization: Bearer <token>`");
+    }
+
     let grpc_listener = tokio::net::TcpListener::bind(&config.grpc_addr)
         .await
         .with_context(|| format!("binding gRPC address {}", config.grpc_addr))?;
@@ -162,6 +169,23 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         .with_context(|| format!("binding HTTP address {}", config.http_addr))?;
     let grpc_addr: SocketAddr = grpc_listener.local_addr()?;
     let http_addr: SocketAddr = http_listener.local_addr()?;
+    for (name, addr) in [("grpc", grpc_addr), ("http", http_addr)] {
+        if addr.ip().is_loopback() {
+            continue;
+        }
+        anyhow::ensure!(
+            config.allow_plaintext_beyond_loopback,
+            "refusing to serve plaintext {name} on {addr}, beyond loopback: bearer tokens and decrypted customer data would cross \
+             the network in the clear. Bind to 127.0.0.1, or pass --allow-plaintext-beyond-loopback (LEDGER_ALLOW_PLAINTEXT_BEYOND_LOOPBACK=true) \
+             behind a TLS-terminating proxy you trust"
+        );
+        tracing::warn!(
+            listener = name,
+            addr = %addr,
+            "PLAINTEXT BEYOND LOOPBACK (allowed by --allow-plaintext-beyond-loopback): tokens and decrypted customer data \
+             cross the network unencrypted unless a TLS-terminating proxy sits in front"
+        );
+    }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let service = grpc::LedgerService::new(ledger.clone(), shutdown_rx.clone());
@@ -178,7 +202,7 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     eraser.start(shutdown_rx.clone());
     let privacy_server = proto::v1::privacy_server::PrivacyServer::new(privacy::PrivacyService::new(ledger.clone(), eraser))
         .max_encoding_message_size(64 * 1024 * 1024);
-    let admin_server = proto::v1::admin_server::AdminServer::new(privacy::AdminService::new(ledger.clone(), views.clone()));
+    let admin_server = proto::v1::admin_server::AdminServer::new(privacy::AdminService::new(ledger.clone(), views.clone(), tokens.clone()));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<proto::v1::ledger_server::LedgerServer<grpc::LedgerService>>().await;
     health_reporter.set_serving::<proto::v1::audit_server::AuditServer<audit::AuditService>>().await;
@@ -208,9 +232,10 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         tokio::spawn(crm.clone().run(shutdown_rx.clone()));
     }
     let views_server = proto::v1::views_server::ViewsServer::new(views::ViewsService::new(ledger.clone(), views.clone(), crm, config.rules.clone()));
-    let messaging_server = proto::v1::messaging_server::MessagingServer::new(messaging::MessagingService::new(outbound));
+    let messaging_server = proto::v1::messaging_server::MessagingServer::new(messaging::MessagingService::new(ledger.clone(), outbound));
     let mut grpc_stop = shutdown_rx.clone();
     let grpc_server = tonic::transport::Server::builder()
+        .layer(auth::AuthLayer::new(tokens.clone(), ledger.clone()))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ledger_server)
@@ -231,16 +256,6 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     let grpc_task = tokio::spawn(grpc_server);
     let http_task = tokio::spawn(async move { http_server.await });
 
-    for (name, addr) in [("grpc", grpc_addr), ("http", http_addr)] {
-        if !addr.ip().is_loopback() {
-            tracing::warn!(
-                listener = name,
-                addr = %addr,
-                "LISTENING BEYOND LOOPBACK WITHOUT TLS OR AUTHENTICATION: anyone who can reach this \
-                 address can read decrypted customer data; bind to 127.0.0.1 until TLS and tokens are configured"
-            );
-        }
-    }
     let regions: Vec<&str> = config.ledger.regions.iter().map(|r| r.as_str()).collect();
     tracing::info!(verifier_key = %ledger.verifier_key(), "signed tree heads are checkable with this verifier key");
     tracing::info!(

@@ -21,21 +21,24 @@ pub fn connector_status(e: ConnectorError) -> Status {
 /// The `ledger.v1.Messaging` service.
 #[derive(Clone)]
 pub struct MessagingService {
+    ledger: ledger::Ledger,
     outbound: Arc<Outbound>,
 }
 
 impl MessagingService {
     /// A service over the outbound sender.
-    pub fn new(outbound: Arc<Outbound>) -> Self {
-        MessagingService { outbound }
+    pub fn new(ledger: ledger::Ledger, outbound: Arc<Outbound>) -> Self {
+        MessagingService { ledger, outbound }
     }
 }
 
 #[tonic::async_trait]
 impl pb::messaging_server::Messaging for MessagingService {
     async fn send_message(&self, request: Request<pb::SendMessageRequest>) -> Result<Response<pb::SendMessageResponse>, Status> {
+        let caller = crate::grpc::Caller::of(&request);
         let req = request.into_inner();
         let customer = CustomerId::parse(&req.customer_id, "customer_id").map_err(status)?;
+        caller.may_customer(&self.ledger, customer).await?;
         let content = match req.content {
             Some(pb::send_message_request::Content::Text(body)) => Content::Text { body },
             Some(pb::send_message_request::Content::Template(t)) => Content::Template { name: t.name, language: t.language, parameters: t.parameters },

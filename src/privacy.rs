@@ -148,8 +148,13 @@ impl PrivacyService {
 #[tonic::async_trait]
 impl pb::privacy_server::Privacy for PrivacyService {
     async fn erase_customer(&self, request: Request<pb::EraseCustomerRequest>) -> Result<Response<pb::EraseCustomerResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let customer = CustomerId::parse(&req.customer_id, "customer_id").map_err(status)?;
+        caller.may_customer(&self.ledger, customer).await?;
+        let mut access = caller.access("ledger.v1.Privacy/EraseCustomer");
+        access.customer = Some(customer);
+        record_access(&self.ledger, &access).await?;
         let erase = erasure::EraseRequest {
             customer,
             request_id: req.request_id,
@@ -165,8 +170,13 @@ impl pb::privacy_server::Privacy for PrivacyService {
         &self,
         request: Request<pb::GetErasureStatusRequest>,
     ) -> Result<Response<pb::GetErasureStatusResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let customer = if req.customer_id.is_empty() { None } else { Some(CustomerId::parse(&req.customer_id, "customer_id").map_err(status)?) };
+        match customer {
+            Some(c) => caller.may_customer(&self.ledger, c).await?,
+            None => caller.may_filter(&self.ledger, &ledger::EventFilter::default()).await?,
+        }
         let request_id = (!req.request_id.is_empty()).then_some(req.request_id.as_str());
         let s = self.eraser.status(request_id, customer).map_err(erasure_status)?;
         Ok(Response::new(pb::GetErasureStatusResponse { status: Some(status_to_pb(s)) }))
@@ -174,8 +184,9 @@ impl pb::privacy_server::Privacy for PrivacyService {
 
     async fn retry_dead_letters(
         &self,
-        _: Request<pb::RetryDeadLettersRequest>,
+        request: Request<pb::RetryDeadLettersRequest>,
     ) -> Result<Response<pb::RetryDeadLettersResponse>, Status> {
+        record_access(&self.ledger, &Caller::of(&request).access("ledger.v1.Privacy/RetryDeadLetters")).await?;
         let requeued = self.eraser.retry_dead_letters().map_err(erasure_status)?;
         Ok(Response::new(pb::RetryDeadLettersResponse { requeued }))
     }
@@ -185,6 +196,7 @@ impl pb::privacy_server::Privacy for PrivacyService {
     async fn export_customer(&self, request: Request<pb::ExportCustomerRequest>) -> Result<Response<Self::ExportCustomerStream>, Status> {
         let caller = Caller::of(&request);
         let customer = CustomerId::parse(&request.into_inner().customer_id, "customer_id").map_err(status)?;
+        caller.may_customer(&self.ledger, customer).await?;
         let mut access = caller.access("ledger.v1.Privacy/ExportCustomer");
         access.customer = Some(customer);
         let l = self.ledger.clone();
@@ -202,6 +214,7 @@ impl pb::privacy_server::Privacy for PrivacyService {
     async fn export_region(&self, request: Request<pb::ExportRegionRequest>) -> Result<Response<Self::ExportRegionStream>, Status> {
         let caller = Caller::of(&request);
         let region = Region::parse(&request.into_inner().region, "region").map_err(status)?;
+        caller.may_region(&self.ledger, region.as_str()).await?;
         let access = caller.access("ledger.v1.Privacy/ExportRegion").param("region", region.as_str());
         let (l, r) = (self.ledger.clone(), region.clone());
         let customers = match blocking_outcome(move || l.customers_in_region(&r)).await? {
@@ -218,33 +231,54 @@ impl pb::privacy_server::Privacy for PrivacyService {
 pub struct AdminService {
     ledger: Ledger,
     views: Arc<projections::Runner>,
+    tokens: Arc<crate::auth::TokenStore>,
 }
 
 impl AdminService {
-    /// A service over `ledger` and its views.
-    pub fn new(ledger: Ledger, views: Arc<projections::Runner>) -> Self {
-        AdminService { ledger, views }
+    /// A service over `ledger`, its views and the token store.
+    pub fn new(ledger: Ledger, views: Arc<projections::Runner>, tokens: Arc<crate::auth::TokenStore>) -> Self {
+        AdminService { ledger, views, tokens }
+    }
+}
+
+fn token_to_pb(e: crate::auth::TokenEntry) -> pb::TokenInfo {
+    pb::TokenInfo {
+        id: e.id,
+        principal: e.principal.name,
+        roles: e.principal.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+        regions: e.principal.regions.unwrap_or_default(),
+        created_unix_ms: e.created_ms,
+        expires_unix_ms: e.expires_ms.unwrap_or(0),
+        revoked_unix_ms: e.revoked_ms.unwrap_or(0),
     }
 }
 
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
     async fn rotate_region_key(&self, request: Request<pb::RotateRegionKeyRequest>) -> Result<Response<pb::RotateRegionKeyResponse>, Status> {
+        let caller = Caller::of(&request);
         let region = Region::parse(&request.into_inner().region, "region").map_err(status)?;
+        caller.may_region(&self.ledger, region.as_str()).await?;
+        record_access(&self.ledger, &caller.access("ledger.v1.Admin/RotateRegionKey").param("region", region.as_str())).await?;
         let r = self.ledger.rotate_kek(&region).await.map_err(status)?;
         Ok(Response::new(pb::RotateRegionKeyResponse { version: r.version, rewrapped: r.rewrapped }))
     }
 
     async fn destroy_region_key(&self, request: Request<pb::DestroyRegionKeyRequest>) -> Result<Response<pb::DestroyRegionKeyResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let region = Region::parse(&req.region, "region").map_err(status)?;
+        caller.may_region(&self.ledger, region.as_str()).await?;
+        record_access(&self.ledger, &caller.access("ledger.v1.Admin/DestroyRegionKey").param("region", region.as_str()).param("version", req.version)).await?;
         let l = self.ledger.clone();
         blocking(move || l.destroy_kek(&region, req.version)).await?;
         Ok(Response::new(pb::DestroyRegionKeyResponse {}))
     }
 
     async fn list_region_keys(&self, request: Request<pb::ListRegionKeysRequest>) -> Result<Response<pb::ListRegionKeysResponse>, Status> {
+        let caller = Caller::of(&request);
         let region = Region::parse(&request.into_inner().region, "region").map_err(status)?;
+        caller.may_region(&self.ledger, region.as_str()).await?;
         let l = self.ledger.clone();
         let r = region.clone();
         let counts = blocking(move || l.deks_by_kek_version(&r)).await?;
@@ -277,8 +311,47 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(pb::GetProjectionStatusResponse { projections: out }))
     }
 
+    async fn create_token(&self, request: Request<pb::CreateTokenRequest>) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let caller = Caller::of(&request);
+        let req = request.into_inner();
+        let roles = req.roles.iter().map(|r| crate::auth::Role::parse(r)).collect::<Result<Vec<_>, _>>().map_err(|e| status(LedgerError::invalid("roles", &e)))?;
+        let mut regions = Vec::new();
+        for r in &req.regions {
+            let region = Region::parse(r, "regions").map_err(status)?;
+            // Only within the creator's own scope: a scoped admin cannot mint a wider token.
+            caller.may_region(&self.ledger, region.as_str()).await?;
+            regions.push(region.as_str().to_owned());
+        }
+        if regions.is_empty() {
+            caller.may_filter(&self.ledger, &ledger::EventFilter::default()).await?;
+        }
+        let principal = crate::auth::Principal { name: req.principal, roles, regions: (!regions.is_empty()).then_some(regions) };
+        let ttl_ms = (req.ttl_seconds > 0).then(|| i64::try_from(req.ttl_seconds.saturating_mul(1000)).unwrap_or(i64::MAX));
+        let record = caller.access("ledger.v1.Admin/CreateToken").param("for", &principal.name).param("roles", req.roles.join(","));
+        record_access(&self.ledger, &record).await?;
+        let (entry, token) = self.tokens.create(principal, ttl_ms).map_err(|e| status(LedgerError::invalid("principal", &e.to_string())))?;
+        Ok(Response::new(pb::CreateTokenResponse { token: token.expose().to_owned(), info: Some(token_to_pb(entry)) }))
+    }
+
+    async fn revoke_token(&self, request: Request<pb::RevokeTokenRequest>) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        let caller = Caller::of(&request);
+        let id = request.into_inner().id;
+        record_access(&self.ledger, &caller.access("ledger.v1.Admin/RevokeToken").param("token_id", &id)).await?;
+        match self.tokens.revoke(&id) {
+            Ok(true) => Ok(Response::new(pb::RevokeTokenResponse {})),
+            Ok(false) => Err(status(LedgerError::NotFound { what: "token with that id" })),
+            Err(e) => Err(Status::internal(format!("the token store could not be written: {e}"))),
+        }
+    }
+
+    async fn list_tokens(&self, _: Request<pb::ListTokensRequest>) -> Result<Response<pb::ListTokensResponse>, Status> {
+        Ok(Response::new(pb::ListTokensResponse { tokens: self.tokens.list().into_iter().map(token_to_pb).collect() }))
+    }
+
     async fn rebuild_projection(&self, request: Request<pb::RebuildProjectionRequest>) -> Result<Response<pb::RebuildProjectionResponse>, Status> {
+        let caller = Caller::of(&request);
         let name = request.into_inner().name;
+        record_access(&self.ledger, &caller.access("ledger.v1.Admin/RebuildProjection").param("view", &name)).await?;
         let Some(view) = projections::view_named(&name) else {
             return Err(status(LedgerError::invalid("name", &format!("must be one of {}", projections::VIEWS.join(", ")))));
         };

@@ -331,14 +331,11 @@ impl ProofFileWriter {
     }
 }
 
-async fn connect(target: &str) -> anyhow::Result<tonic::transport::Channel> {
-    tonic::transport::Channel::from_shared(target.to_owned())?.connect().await.with_context(|| format!("connecting to {target}"))
-}
 
 /// Runs an audited Replay and writes it to a proof file. Prints progress and a summary to stderr,
 /// never a payload.
 pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
-    let mut audit = pb::audit_client::AuditClient::new(connect(&args.target).await?).max_decoding_message_size(64 * 1024 * 1024);
+    let mut audit = pb::audit_client::AuditClient::new(crate::client::connect(&args.target).await?).max_decoding_message_size(64 * 1024 * 1024);
     let request = pb::ReplayRequest {
         customer_id: args.customer.clone(),
         stream: args.stream.clone().unwrap_or_default(),
@@ -388,7 +385,7 @@ pub struct ExportArgs {
 
 /// Runs an export and writes it to a proof file that `ledgerd verify --file` accepts.
 pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
-    let mut privacy = pb::privacy_client::PrivacyClient::new(connect(&args.target).await?).max_decoding_message_size(64 * 1024 * 1024);
+    let mut privacy = pb::privacy_client::PrivacyClient::new(crate::client::connect(&args.target).await?).max_decoding_message_size(64 * 1024 * 1024);
     let refused = |s: tonic::Status| anyhow::anyhow!("export refused: {}", s.message());
     match (&args.customer, &args.region) {
         (Some(c), _) => {

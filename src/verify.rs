@@ -47,9 +47,6 @@ pub struct VerifyArgs {
 
 const DEFAULT_TARGET: &str = "http://127.0.0.1:50051";
 
-async fn connect(target: &str) -> anyhow::Result<tonic::transport::Channel> {
-    tonic::transport::Channel::from_shared(target.to_owned())?.connect().await.with_context(|| format!("connecting to {target}"))
-}
 
 /// Reads the trusted head from the state file, if there is one.
 fn read_state(args: &VerifyArgs) -> anyhow::Result<Option<Checkpoint>> {
@@ -70,7 +67,7 @@ fn read_state(args: &VerifyArgs) -> anyhow::Result<Option<Checkpoint>> {
 
 /// Whether the tree of `old` is a prefix of the tree of `new` (`old.size < new.size`), by a
 /// consistency proof from the server.
-async fn is_extension(audit: &mut pb::audit_client::AuditClient<tonic::transport::Channel>, old: &Checkpoint, new: &Checkpoint) -> anyhow::Result<bool> {
+async fn is_extension(audit: &mut pb::audit_client::AuditClient<crate::client::Conn>, old: &Checkpoint, new: &Checkpoint) -> anyhow::Result<bool> {
     let proof = audit
         .get_consistency_proof(pb::GetConsistencyProofRequest { first_size: old.size, second_size: new.size })
         .await?
@@ -95,7 +92,7 @@ async fn run_file(args: &VerifyArgs, path: &std::path::Path) -> anyhow::Result<b
                     failures.push(format!("log rewritten: the file's head and the trusted head have size {} but different roots", head.size));
                 }
             } else if let Some(target) = &args.target {
-                let mut audit = pb::audit_client::AuditClient::new(connect(target).await?);
+                let mut audit = pb::audit_client::AuditClient::new(crate::client::connect(target).await?);
                 let (old, new) = if trusted.size < head.size { (&trusted, head) } else { (head, &trusted) };
                 if is_extension(&mut audit, old, new).await? {
                     println!("ok: the file's head (size {}) and the trusted head (size {}) are consistent", head.size, trusted.size);
@@ -139,7 +136,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<bool> {
     if let Some(path) = args.file.clone() {
         return run_file(&args, &path).await;
     }
-    let channel = connect(args.target.as_deref().unwrap_or(DEFAULT_TARGET)).await?;
+    let channel = crate::client::connect(args.target.as_deref().unwrap_or(DEFAULT_TARGET)).await?;
     let mut audit = pb::audit_client::AuditClient::new(channel.clone());
     let mut failures = Vec::new();
 

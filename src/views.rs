@@ -125,8 +125,9 @@ fn agent_field(agent: &str) -> Result<(), Status> {
 }
 
 impl ViewsService {
-    async fn conversation(&self, customer_id: &str, stream: &str) -> Result<ConversationRow, Status> {
+    async fn conversation(&self, caller: &Caller, customer_id: &str, stream: &str) -> Result<ConversationRow, Status> {
         let customer = CustomerId::parse(customer_id, "customer_id").map_err(status)?;
+        caller.may_customer(&self.ledger, customer).await?;
         if stream.is_empty() {
             return Err(status(LedgerError::invalid("stream", "is required")));
         }
@@ -141,6 +142,7 @@ impl pb::views_server::Views for ViewsService {
         let caller = Caller::of(&request);
         let req = request.into_inner();
         let customer = CustomerId::parse(&req.customer_id, "customer_id").map_err(status)?;
+        caller.may_customer(&self.ledger, customer).await?;
         let max = match req.max_interactions {
             0 => 20,
             n if n > 200 => return Err(status(LedgerError::invalid("max_interactions", "must be at most 200"))),
@@ -177,12 +179,14 @@ impl pb::views_server::Views for ViewsService {
     }
 
     async fn get_conversation(&self, request: Request<pb::GetConversationRequest>) -> Result<Response<pb::GetConversationResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
-        let row = self.conversation(&req.customer_id, &req.stream).await?;
+        let row = self.conversation(&caller, &req.customer_id, &req.stream).await?;
         Ok(Response::new(pb::GetConversationResponse { conversation: Some(conversation_to_pb(row)) }))
     }
 
     async fn list_queue(&self, request: Request<pb::ListQueueRequest>) -> Result<Response<pb::ListQueueResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         if !self.rules.queues().contains(&req.queue.as_str()) {
             return Err(status(LedgerError::invalid("queue", "is not a queue of the routing rules")));
@@ -194,10 +198,13 @@ impl pb::views_server::Views for ViewsService {
         };
         let views = self.views.clone();
         let rows = blocking(move || RoutingView::queue(views.db(), &req.queue, max).map_err(view_error)).await?;
+        // A region-scoped agent sees the conversations of its regions' customers only.
+        let rows = rows.into_iter().filter(|r| caller.sees(&self.ledger, r.customer)).collect::<Vec<_>>();
         Ok(Response::new(pb::ListQueueResponse { conversations: rows.into_iter().map(conversation_to_pb).collect() }))
     }
 
     async fn reroute(&self, request: Request<pb::RerouteRequest>) -> Result<Response<pb::RerouteResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         agent_field(&req.agent)?;
         let intent = Intent::parse(&req.intent).ok_or_else(|| status(LedgerError::invalid("intent", "must be one of support_inquiry, order_or_booking, information_request, complaint, unprompted_reply")))?;
@@ -207,17 +214,18 @@ impl pb::views_server::Views for ViewsService {
         if req.reason.len() > 1024 || req.request_id.len() > 128 {
             return Err(status(LedgerError::invalid("reason", "at most 1024 bytes (request_id at most 128)")));
         }
-        let row = self.conversation(&req.customer_id, &req.stream).await?;
+        let row = self.conversation(&caller, &req.customer_id, &req.stream).await?;
         let payload = Rerouted { schema: 1, intent, queue: req.queue, by: req.agent, reason: req.reason };
         let position = append_decision(&self.ledger, &row, REROUTED, &req.request_id, serde_json::to_vec(&payload).expect("serializes")).await.map_err(status)?;
         Ok(Response::new(pb::RerouteResponse { position }))
     }
 
     async fn set_conversation_state(&self, request: Request<pb::SetConversationStateRequest>) -> Result<Response<pb::SetConversationStateResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         agent_field(&req.agent)?;
         let state = ConversationState::parse_settable(&req.state).ok_or_else(|| status(LedgerError::invalid("state", "must be resolved, closed or awaiting_agent")))?;
-        let row = self.conversation(&req.customer_id, &req.stream).await?;
+        let row = self.conversation(&caller, &req.customer_id, &req.stream).await?;
         let allowed = match state {
             ConversationState::Resolved => matches!(row.state, ConversationState::AwaitingAgent | ConversationState::Automated | ConversationState::Triaged | ConversationState::Open),
             ConversationState::Closed => row.state != ConversationState::Closed,

@@ -31,7 +31,7 @@ async fn tree_heads_and_proofs_verify_offline() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let vkey = String::from_utf8(out.stdout).unwrap().trim().to_owned();
 
-    let mut audit = AuditClient::connect(server.endpoint()).await.unwrap();
+    let mut audit = AuditClient::new(server.channel().await);
     let head = audit.get_tree_head(pb::GetTreeHeadRequest {}).await.unwrap().into_inner().tree_head.unwrap();
     let cp = verify_checkpoint(&head.checkpoint, &vkey).expect("the signed head verifies with the printed key");
     assert_eq!((cp.size, cp.root.to_vec(), cp.origin.clone()), (head.tree_size, head.root_hash.clone(), head.origin.clone()));

@@ -20,10 +20,11 @@ async fn acknowledged_appends_survive_kill_9() {
         let mut server = Server::start_in(dir.path(), &["--startup-check", "full"]);
         let mut writers = Vec::new();
         for w in 0..6 {
-            let endpoint = server.endpoint();
+            let (endpoint, token) = (server.endpoint(), server.admin_token());
             let acked = acked.clone();
             writers.push(tokio::spawn(async move {
-                let Ok(mut c) = proto::v1::ledger_client::LedgerClient::connect(endpoint).await else { return };
+                let Ok(channel) = tonic::transport::Channel::from_shared(endpoint).unwrap().connect().await else { return };
+                let mut c = proto::v1::ledger_client::LedgerClient::new(tonic::service::interceptor::InterceptedService::new(channel, Bearer(Some(token))));
                 let customer = new_id();
                 for i in 0.. {
                     let events: Vec<_> = (0..1 + i % 3).map(|j| proposed(format!("r{round} w{w} i{i} j{j}").as_bytes())).collect();

@@ -100,7 +100,7 @@ async fn activities_are_signed_paced_retried_deduplicated_and_counted() {
     for (i, t) in texts.iter().enumerate() {
         inbound(&server, &format!("55119222200{i:02}"), t);
     }
-    let mut views = ViewsClient::connect(server.endpoint()).await.unwrap();
+    let mut views = ViewsClient::new(server.channel().await);
     let mut status = pb::CrmSyncStatusResponse::default();
     for _ in 0..400 {
         status = views.crm_sync_status(pb::CrmSyncStatusRequest {}).await.unwrap().into_inner();

@@ -4,7 +4,7 @@
 //! a durable outbox, and residency holds for erasure and exports.
 
 mod common;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,8 +15,8 @@ use tonic::Code;
 
 const CFS: [&str; 9] = ledger::store::ALL_CFS;
 
-async fn privacy(server: &Server) -> PrivacyClient<tonic::transport::Channel> {
-    PrivacyClient::connect(server.endpoint()).await.unwrap().max_decoding_message_size(64 * 1024 * 1024)
+async fn privacy(server: &Server) -> PrivacyClient<Conn> {
+    PrivacyClient::new(server.channel().await).max_decoding_message_size(64 * 1024 * 1024)
 }
 
 fn erase_req(customer: &str, request_id: &str) -> pb::EraseCustomerRequest {
@@ -35,24 +35,6 @@ fn key_row(data_dir: &Path, customer: &str) -> Option<Vec<u8>> {
     db.get_cf(db.cf_handle("keys").unwrap(), id.as_bytes()).unwrap()
 }
 
-/// Every file under `dir` that contains `needle`.
-fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
-    let mut hits = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if let Ok(bytes) = std::fs::read(&path) {
-                if bytes.windows(needle.len()).any(|w| w == needle) {
-                    hits.push(path);
-                }
-            }
-        }
-    }
-    hits
-}
 
 async fn status_until(server: &Server, request_id: &str, done: impl Fn(&pb::ErasureStatus) -> bool) -> pb::ErasureStatus {
     let mut p = privacy(server).await;
@@ -118,7 +100,7 @@ async fn erased_data_is_unreadable_through_every_api_and_gone_from_every_file() 
     // The export and its proofs still verify, with no body.
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("a.jsonl");
-    let o = ledgerd(&["export", "--target", &server.endpoint(), "--customer", &a, "--out", file.to_str().unwrap()]);
+    let o = server.cli(&["export", "--customer", &a, "--out", file.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(!std::fs::read_to_string(&file).unwrap().contains("alpha-secret"));
     let o = ledgerd(&["verify", "--file", file.to_str().unwrap(), "--verifier-key", &vkey]);
@@ -156,14 +138,14 @@ async fn an_old_backup_is_useless_once_the_kek_is_rotated_and_the_old_version_de
 
     let server = Server::start_in(data.path(), &flags);
     privacy(&server).await.erase_customer(erase_req(&a, "req-a")).await.unwrap();
-    let o = ledgerd(&["keys", "destroy", "--target", &server.endpoint(), "--region", "eu", "--version", "1"]);
+    let o = server.cli(&["keys", "destroy", "--region", "eu", "--version", "1"]);
     assert!(!o.status.success(), "the current version cannot be destroyed: {}", text(&o));
-    let o = ledgerd(&["keys", "rotate", "--target", &server.endpoint(), "--region", "eu"]);
+    let o = server.cli(&["keys", "rotate", "--region", "eu"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("KEK version 2 is current"), "{}", text(&o));
-    let o = ledgerd(&["keys", "destroy", "--target", &server.endpoint(), "--region", "eu", "--version", "1"]);
+    let o = server.cli(&["keys", "destroy", "--region", "eu", "--version", "1"]);
     assert!(o.status.success(), "{}", text(&o));
-    let o = ledgerd(&["keys", "list", "--target", &server.endpoint(), "--region", "eu"]);
+    let o = server.cli(&["keys", "list", "--region", "eu"]);
     assert!(text(&o).contains("KEK v2 (current)") && !text(&o).contains("v1"), "{}", text(&o));
     // The live node still reads B (rewrapped under v2).
     let mut c = server.client().await;
@@ -307,7 +289,7 @@ async fn downstream_systems_are_notified_through_a_durable_outbox() {
     assert!(dead.seen.lock().unwrap().len() <= 4, "never more requests than counted attempts");
 
     // An operator retries the dead letter.
-    let o = ledgerd(&["erase", "--target", &server.endpoint(), "--retry-dead-letters"]);
+    let o = server.cli(&["erase", "--retry-dead-letters"]);
     assert!(o.status.success() && text(&o).contains("queued 1"), "{}", text(&o));
     status_until(&server, "req-n", |s| s.deliveries.iter().any(|d| d.downstream == "warehouse" && d.attempts >= 1 && d.attempts < 4)).await;
     assert!(!server.logs().contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"), "the secret reached the log");
@@ -329,7 +311,7 @@ async fn residency_holds_for_erasure_and_exports() {
     // A region export holds that region's customers only, and verifies.
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("eu.jsonl");
-    let o = ledgerd(&["export", "--target", &server.endpoint(), "--region", "eu", "--out", file.to_str().unwrap()]);
+    let o = server.cli(&["export", "--region", "eu", "--out", file.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&file).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let customers: std::collections::BTreeSet<String> =
@@ -367,7 +349,7 @@ async fn the_customer_export_format_is_pinned() {
     c.append(append_req(&a, "conv-1", vec![ev, proposed(&[0xff, 0x00, 0x10])])).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("export.jsonl");
-    let o = ledgerd(&["export", "--target", &server.endpoint(), "--customer", &a, "--out", file.to_str().unwrap()]);
+    let o = server.cli(&["export", "--customer", &a, "--out", file.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     let o = ledgerd(&["verify", "--file", file.to_str().unwrap(), "--verifier-key", &vkey]);
     assert!(o.status.success(), "{}", text(&o));

@@ -234,8 +234,8 @@ async fn residency_is_enforced_across_nodes() {
 #[tokio::test]
 async fn health_and_reflection_are_served() {
     let server = Server::start(&[]);
-    let channel = tonic::transport::Channel::from_shared(server.endpoint()).unwrap().connect().await.unwrap();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    // Health checks need no credentials; reflection needs a token.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel_as(None).await);
     let resp = health
         .check(tonic_health::pb::HealthCheckRequest { service: "ledger.v1.Ledger".into() })
         .await
@@ -244,7 +244,7 @@ async fn health_and_reflection_are_served() {
     assert_eq!(resp.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
 
     use tonic_reflection::pb::v1::{server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest, server_reflection_response::MessageResponse, ServerReflectionRequest};
-    let mut refl = ServerReflectionClient::new(channel);
+    let mut refl = ServerReflectionClient::new(server.channel().await);
     let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
     let mut resp = refl.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
     let msg = resp.message().await.unwrap().unwrap();

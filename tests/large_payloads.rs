@@ -10,7 +10,7 @@ use proto::v1::ledger_client::LedgerClient;
 async fn a_default_client_reads_large_payloads() {
     let server = Server::start(&[]);
     // A client with tonic's default limits: it refuses messages over 4 MiB.
-    let mut c = LedgerClient::connect(server.endpoint()).await.unwrap();
+    let mut c = LedgerClient::new(server.channel().await);
     let customer = new_id();
     let payloads: Vec<Vec<u8>> = (0..12u8).map(|i| vec![i; 900 * 1024]).collect();
     let events = payloads.iter().map(|p| proposed(p)).collect();

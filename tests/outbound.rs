@@ -186,7 +186,7 @@ async fn outbound_messages_are_recorded_delivered_retried_and_refused_by_the_rul
     let server = Server::start(&["--config", config.to_str().unwrap()]);
     inbound(&server, "5511912345678", now() - 60, "wamid.in.1");
     let customer = customer_of(&server, "5511912345678").await;
-    let mut m = MessagingClient::connect(server.endpoint()).await.unwrap();
+    let mut m = MessagingClient::new(server.channel().await);
     let mut results = HashMap::new();
     for (text, id) in [("hello there", "r1"), ("please fail-twice", "r2"), ("permanent trouble", "r3"), ("ratelimit me", "r4")] {
         let r = m.send_message(text_request(&customer, "5511912345678", text, id)).await.unwrap().into_inner();
@@ -262,7 +262,7 @@ async fn a_queued_message_survives_a_restart() {
     let mut server = Server::start_in(data.path(), &flags);
     inbound(&server, "5511912345678", now() - 60, "wamid.in.1");
     let customer = customer_of(&server, "5511912345678").await;
-    let mut m = MessagingClient::connect(server.endpoint()).await.unwrap();
+    let mut m = MessagingClient::new(server.channel().await);
     let queued = m.send_message(text_request(&customer, "5511912345678", "survive me", "r1")).await.unwrap().into_inner();
     for _ in 0..100 {
         if !fake.requests.lock().unwrap().is_empty() {
@@ -285,7 +285,7 @@ async fn slack_posts_go_to_the_thread() {
     let config = write_config(dir.path(), &api);
     let server = Server::start(&["--config", config.to_str().unwrap()]);
     let customer = create_customer(&server, pb::IdentifierKind::Slack, "T1DC2JH3J:U2CERLKJA").await;
-    let mut m = MessagingClient::connect(server.endpoint()).await.unwrap();
+    let mut m = MessagingClient::new(server.channel().await);
     let req = pb::SendMessageRequest {
         customer_id: customer,
         account: "T1DC2JH3J".into(),
@@ -311,7 +311,7 @@ async fn sms_goes_out_through_twilio() {
     let config = write_config(dir.path(), &api);
     let server = Server::start(&["--config", config.to_str().unwrap()]);
     let customer = create_customer(&server, pb::IdentifierKind::Phone, "+1 212 555 0143").await;
-    let mut m = MessagingClient::connect(server.endpoint()).await.unwrap();
+    let mut m = MessagingClient::new(server.channel().await);
     let req = pb::SendMessageRequest { account: "AC123".into(), ..text_request(&customer, "(212) 555-0143", "Your order shipped", "t1") };
     let queued = m.send_message(req).await.unwrap().into_inner();
     let (kind, p) = outcome(&server, &queued.event_id).await;

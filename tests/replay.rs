@@ -14,12 +14,11 @@ use proto::v1 as pb;
 use proto::v1::audit_client::AuditClient;
 
 fn replay_to(server: &Server, customer: &str, stream: Option<&str>, out: &Path) -> Output {
-    let endpoint = server.endpoint();
-    let mut args = vec!["audit", "replay", "--target", &endpoint, "--customer", customer, "--out", out.to_str().unwrap()];
+    let mut args = vec!["audit", "replay", "--customer", customer, "--out", out.to_str().unwrap()];
     if let Some(s) = stream {
         args.extend(["--stream", s]);
     }
-    ledgerd(&args)
+    server.cli(&args)
 }
 
 fn verify_file(file: &Path, vkey: &str) -> Output {
@@ -164,13 +163,13 @@ async fn verification_keeps_working_after_the_key_is_destroyed() {
     }
     // The live log still verifies leaf by leaf.
     let state = dir.path().join("state.json");
-    let o = ledgerd(&["verify", "--target", &server.endpoint(), "--verifier-key", &vkey, "--state", state.to_str().unwrap(), "--full"]);
+    let o = server.cli(&["verify", "--verifier-key", &vkey, "--state", state.to_str().unwrap(), "--full"]);
     assert!(o.status.success(), "{}", text(&o));
 }
 
 /// Every access record in the audit stream, read back through an audited Replay.
 async fn access_records(server: &Server) -> Vec<(pb::RecordedEvent, AccessRecord)> {
-    let mut audit = AuditClient::connect(server.endpoint()).await.unwrap();
+    let mut audit = AuditClient::new(server.channel().await);
     let req = pb::ReplayRequest { customer_id: SYSTEM_CUSTOMER.to_string(), stream: ACCESS_STREAM.into(), from_position: 0, to_position: 0 };
     let mut s = audit.replay(req).await.unwrap().into_inner();
     let mut out = Vec::new();
@@ -189,7 +188,7 @@ async fn every_decrypting_read_leaves_an_access_record_without_payload_text() {
     let server = Server::start(&[]);
     let a = seed(&server).await;
     let mut c = server.client().await;
-    let mut audit = AuditClient::connect(server.endpoint()).await.unwrap();
+    let mut audit = AuditClient::new(server.channel().await);
 
     assert_eq!(read_stream(&mut c, &a, "conv-1").await.len(), 6);
     let everything = read_all(&mut c).await;
@@ -250,7 +249,7 @@ async fn every_decrypting_read_leaves_an_access_record_without_payload_text() {
     // The replay that read these records is itself among them: it was written before its head.
     assert!(!find("ledger.v1.Audit/Replay", "granted", Some(&SYSTEM_CUSTOMER.to_string())).is_empty());
     for (ev, r) in &records {
-        assert_eq!(r.principal, "anonymous");
+        assert_eq!(r.principal, "admin", "the authenticated principal");
         assert!(r.origin.starts_with("127.0.0.1:"), "{r:?}");
         let raw = format!("{}{:?}", String::from_utf8_lossy(&ev.payload), ev.metadata);
         assert!(!raw.contains("secret") && !raw.contains("text"), "an access record carries payload text: {raw}");

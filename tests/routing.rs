@@ -106,7 +106,7 @@ async fn customer_of(server: &Server, wa_id: &str) -> String {
 }
 
 /// Waits until the customer's first conversation satisfies `ok`.
-async fn conversation_until(views: &mut ViewsClient<tonic::transport::Channel>, customer: &str, what: &str, ok: impl Fn(&pb::Conversation) -> bool) -> pb::Conversation {
+async fn conversation_until(views: &mut ViewsClient<Conn>, customer: &str, what: &str, ok: impl Fn(&pb::Conversation) -> bool) -> pb::Conversation {
     let mut last = None;
     for _ in 0..600 {
         if let Ok(r) = views.get_customer_context(pb::GetCustomerContextRequest { customer_id: customer.into(), max_interactions: 10 }).await {
@@ -127,7 +127,7 @@ async fn messages_are_triaged_acknowledged_escalated_abandoned_and_rerouted() {
     let (api, fake) = fake_provider().await;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&["--config", write_config(dir.path(), &api).to_str().unwrap()]);
-    let mut views = ViewsClient::connect(server.endpoint()).await.unwrap();
+    let mut views = ViewsClient::new(server.channel().await);
 
     // Table: language, message, expected intent, queue, routed state.
     let cases = [
@@ -244,7 +244,7 @@ async fn erasure_removes_the_customer_from_every_view_and_no_plaintext_is_on_dis
     let (api, _fake) = fake_provider().await;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&["--config", write_config(dir.path(), &api).to_str().unwrap()]);
-    let mut views = ViewsClient::connect(server.endpoint()).await.unwrap();
+    let mut views = ViewsClient::new(server.channel().await);
     let (wa, name, secret_text) = ("5511977776666", "Zefinha Quaresma", "meu CPF 123.456.789-09, quero reclamar do pedido");
     inbound(&server, wa, name, secret_text);
     let customer = customer_of(&server, wa).await;
@@ -259,7 +259,7 @@ async fn erasure_removes_the_customer_from_every_view_and_no_plaintext_is_on_dis
         assert!(!contains(&before, needle), "{needle} in the views' files before erasure");
     }
 
-    let mut privacy = proto::v1::privacy_client::PrivacyClient::connect(server.endpoint()).await.unwrap();
+    let mut privacy = proto::v1::privacy_client::PrivacyClient::new(server.channel().await);
     privacy
         .erase_customer(pb::EraseCustomerRequest { customer_id: customer.clone(), request_id: "e-1".into(), legal_basis: "gdpr-art17-1a".into(), requested_by: "dpo-1".into() })
         .await

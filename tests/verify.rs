@@ -4,19 +4,19 @@
 
 mod common;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
 use ledger::codec::{encode_record, RecordRef};
 use ledger::merkle::{leaf_hash, sha256};
 
 fn verify(server: &Server, vkey: &str, state: &Path, full: bool) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ledgerd"));
-    cmd.args(["verify", "--target", &server.endpoint(), "--verifier-key", vkey, "--state"]).arg(state);
+    let state = state.to_str().unwrap();
+    let mut args = vec!["verify", "--verifier-key", vkey, "--state", state];
     if full {
-        cmd.arg("--full");
+        args.push("--full");
     }
-    cmd.output().unwrap()
+    server.cli(&args)
 }
 
 async fn append_some(server: &Server, n: usize, tag: &str) {

@@ -224,7 +224,7 @@ async fn one_person_written_three_ways_is_one_customer_and_erasure_forgets_them(
     assert!(!bad.message().contains("call me"), "the rejected value is not echoed");
 
     // Erasure deletes the blind-index rows: the number no longer leads to the customer.
-    let mut privacy = proto::v1::privacy_client::PrivacyClient::connect(server.endpoint()).await.unwrap();
+    let mut privacy = proto::v1::privacy_client::PrivacyClient::new(server.channel().await);
     privacy
         .erase_customer(pb::EraseCustomerRequest { customer_id: ids[0].clone(), request_id: "r1".into(), legal_basis: "gdpr-art17".into(), requested_by: "dpo".into() })
         .await

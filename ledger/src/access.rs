@@ -27,7 +27,8 @@ pub const ACCESS_SCHEMA_VERSION: u32 = 1;
 /// `AccessRecorded` event in [`ACCESS_STREAM`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessRecord {
-    /// The authenticated principal, or `anonymous` while the server has no authentication.
+    /// The authenticated principal (`anonymous` or `unauthenticated` for refused calls without
+    /// valid credentials).
     pub principal: String,
     /// The method, e.g. `ledger.v1.Ledger/ReadStream`.
     pub action: String,

@@ -66,7 +66,9 @@ impl View for AuditView {
         let entry = match (h.stream.as_str(), h.event_type.as_str()) {
             (ACCESS_STREAM, _) => {
                 let rec: AccessRecord = serde_json::from_slice(payload).map_err(|e| ProjectionError::Apply { view: AUDIT_VIEW, position, reason: e.to_string() })?;
-                let whole_log = rec.customer.is_none();
+                // A read across customers is in every customer's trail; other records without a
+                // customer (key operations, token changes, refusals) are the system's own.
+                let whole_log = rec.customer.is_none() && WHOLE_LOG_READS.contains(&rec.action.as_str()) && matches!(rec.outcome.as_str(), "granted" | "ended");
                 let customer = rec.customer.unwrap_or(SYSTEM_CUSTOMER);
                 (customer, AuditEntry {
                     position,
@@ -104,18 +106,25 @@ impl View for AuditView {
     }
 }
 
+/// Reads that can return any customer's events.
+const WHOLE_LOG_READS: [&str; 3] = ["ledger.v1.Ledger/ReadAll", "ledger.v1.Ledger/Subscribe", "ledger.v1.Privacy/ExportRegion"];
+
 impl AuditView {
     /// A customer's trail in log order: their own entries and every whole-log read.
     pub fn trail(db: &DB, customer: CustomerId) -> Result<Vec<AuditEntry>, ProjectionError> {
         let cf = db.cf_handle(AUDIT_VIEW).expect("audit column family");
         let mut out = Vec::new();
-        for prefix in [customer, SYSTEM_CUSTOMER] {
+        let prefixes = if customer == SYSTEM_CUSTOMER { vec![customer] } else { vec![customer, SYSTEM_CUSTOMER] };
+        for prefix in prefixes {
             for item in db.prefix_iterator_cf(cf, prefix.as_bytes()) {
                 let (k, v) = item?;
                 if !k.starts_with(prefix.as_bytes()) {
                     break;
                 }
-                out.push(serde_json::from_slice::<AuditEntry>(&v).map_err(|e| ProjectionError::Apply { view: AUDIT_VIEW, position: 0, reason: e.to_string() })?);
+                let entry = serde_json::from_slice::<AuditEntry>(&v).map_err(|e| ProjectionError::Apply { view: AUDIT_VIEW, position: 0, reason: e.to_string() })?;
+                if prefix == customer || entry.whole_log {
+                    out.push(entry);
+                }
             }
         }
         out.sort_by_key(|e| e.position);

@@ -10,7 +10,24 @@ use std::time::Duration;
 
 use proto::v1 as pb;
 use proto::v1::ledger_client::LedgerClient;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+
+/// A channel whose calls carry a bearer token.
+pub type Conn = InterceptedService<Channel, Bearer>;
+
+/// Adds `authorization: Bearer <token>` to every call (or nothing, for `Bearer(None)`).
+#[derive(Clone)]
+pub struct Bearer(pub Option<String>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(t) = &self.0 {
+            request.metadata_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        Ok(request)
+    }
+}
 
 pub struct Server {
     pub child: Child,
@@ -90,8 +107,35 @@ impl Server {
         format!("http://{}", self.grpc_addr)
     }
 
-    pub async fn client(&self) -> LedgerClient<Channel> {
-        LedgerClient::connect(self.endpoint()).await.expect("connect").max_decoding_message_size(64 * 1024 * 1024)
+    /// The admin token the server wrote on its first start.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin.token")).expect("admin.token").trim().to_owned()
+    }
+
+    /// A channel authenticated as `token` (`None`: no credentials).
+    pub async fn channel_as(&self, token: Option<&str>) -> Conn {
+        let channel = Channel::from_shared(self.endpoint()).unwrap().connect().await.expect("connect");
+        InterceptedService::new(channel, Bearer(token.map(str::to_owned)))
+    }
+
+    /// A channel authenticated with the admin token (every role, every region).
+    pub async fn channel(&self) -> Conn {
+        self.channel_as(Some(&self.admin_token())).await
+    }
+
+    pub async fn client(&self) -> LedgerClient<Conn> {
+        LedgerClient::new(self.channel().await).max_decoding_message_size(64 * 1024 * 1024)
+    }
+
+    /// Runs the `ledgerd` CLI against this server with its admin token (`--target` is added).
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_ledgerd"))
+            .args(args)
+            .args(["--target", &self.endpoint()])
+            .env("LEDGER_TOKEN_FILE", self.data_dir.join("admin.token"))
+            .env_remove("LEDGER_TOKEN")
+            .output()
+            .unwrap()
     }
 
     pub fn kill9(&mut self) {
@@ -179,7 +223,7 @@ pub fn no_stream() -> Option<pb::ExpectedVersion> {
 }
 
 /// Reads the whole log through ReadAll.
-pub async fn read_all(client: &mut LedgerClient<Channel>) -> Vec<pb::RecordedEvent> {
+pub async fn read_all(client: &mut LedgerClient<Conn>) -> Vec<pb::RecordedEvent> {
     let mut stream = client.read_all(pb::ReadAllRequest { from_position: 0, max_count: 0, filter: None }).await.unwrap().into_inner();
     let mut out = Vec::new();
     while let Some(msg) = stream.message().await.unwrap() {
@@ -190,12 +234,12 @@ pub async fn read_all(client: &mut LedgerClient<Channel>) -> Vec<pb::RecordedEve
 
 /// Reads the whole log through ReadAll, leaving out the ledger's own system events (the access
 /// records that every decrypting read, this one included, appends).
-pub async fn read_customer_events(client: &mut LedgerClient<Channel>) -> Vec<pb::RecordedEvent> {
+pub async fn read_customer_events(client: &mut LedgerClient<Conn>) -> Vec<pb::RecordedEvent> {
     let system = ledger::access::SYSTEM_CUSTOMER.to_string();
     read_all(client).await.into_iter().filter(|e| e.customer_id != system).collect()
 }
 
-pub async fn read_stream(client: &mut LedgerClient<Channel>, customer: &str, stream: &str) -> Vec<pb::RecordedEvent> {
+pub async fn read_stream(client: &mut LedgerClient<Conn>, customer: &str, stream: &str) -> Vec<pb::RecordedEvent> {
     let req = pb::ReadStreamRequest { customer_id: customer.into(), stream: stream.into(), max_count: 1000, ..Default::default() };
     let mut s = client.read_stream(req).await.unwrap().into_inner();
     let mut out = Vec::new();
@@ -239,4 +283,23 @@ pub fn post_whatsapp_signed(server: &Server, app_secret: &str, body: &str) {
     mac.update(body.as_bytes());
     let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
     assert_eq!(http_post(server, "/webhooks/whatsapp", &[("X-Hub-Signature-256", sig)], body), 200);
+}
+
+/// Every file under `dir` that contains `needle`.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                if bytes.windows(needle.len()).any(|w| w == needle) {
+                    hits.push(path);
+                }
+            }
+        }
+    }
+    hits
 }
