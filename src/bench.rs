@@ -477,6 +477,28 @@ fn message_event(i: u64, rng: &mut impl Rng) -> ledger::NewEvent {
     }
 }
 
+/// Appends `count` inputs made by `make(n)`, `n` in `0..count`, from `writers` concurrent tasks.
+async fn append_in_parallel(ledger: &ledger::Ledger, writers: usize, count: u64, make: impl Fn(u64) -> ledger::AppendInput + Send + Sync + 'static) -> anyhow::Result<()> {
+    let (next, make) = (Arc::new(AtomicU64::new(0)), Arc::new(make));
+    let mut tasks = Vec::new();
+    for _ in 0..writers.max(1) {
+        let (ledger, next, make) = (ledger.clone(), next.clone(), make.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= count {
+                    return anyhow::Ok(());
+                }
+                ledger.append(make(n)).await.map_err(|e| anyhow::anyhow!("append: {e}"))?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
 async fn projections_workload(args: &BenchArgs) -> anyhow::Result<()> {
     use ledger::types::{CustomerId, ExpectedVersion, Region, StreamName};
     let tmp = tempfile::tempdir()?;
@@ -495,41 +517,22 @@ async fn projections_workload(args: &BenchArgs) -> anyhow::Result<()> {
         args.events.div_ceil(per_append)
     };
     let _ = std::fs::remove_dir_all(dir.join("bench-projections"));
-    let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..args.writers.max(1) {
-        let (ledger, next, customers, region) = (ledger.clone(), next.clone(), customers.clone(), region.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= appends {
-                    break;
-                }
-                if n % 1000 == 0 && n > 0 {
-                    eprintln!("projections: {} events appended", n * per_append);
-                }
-                let events = {
-                    let mut rng = rand::thread_rng();
-                    (0..per_append).map(|i| message_event(n * per_append + i, &mut rng)).collect()
-                };
-                let customer = customers[(n as usize) % customers.len()];
-                let limits = ledger::Limits::default();
-                let input = ledger::AppendInput {
-                    customer,
-                    region: Some(region.clone()),
-                    stream: StreamName::parse(&format!("conv.whatsapp.{:016x}", n % (customers.len() as u64 * 2)), "stream", &limits).expect("valid"),
-                    expected: ExpectedVersion::Any,
-                    events,
-                };
-                ledger.append(input).await.map_err(|e| anyhow::anyhow!("append: {e}"))?;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
+    let (cs, r) = (customers.clone(), region.clone());
+    append_in_parallel(&ledger, args.writers, appends, move |n| {
+        if n % 1000 == 0 && n > 0 {
+            eprintln!("projections: {} events appended", n * per_append);
+        }
+        let mut rng = rand::thread_rng();
+        ledger::AppendInput {
+            customer: cs[(n as usize) % cs.len()],
+            region: Some(r.clone()),
+            stream: StreamName::parse(&format!("conv.whatsapp.{:016x}", n % (cs.len() as u64 * 2)), "stream", &ledger::Limits::default()).expect("valid"),
+            expected: ExpectedVersion::Any,
+            events: (0..per_append).map(|i| message_event(n * per_append + i, &mut rng)).collect(),
+        }
+    })
+    .await?;
     let size = ledger.committed_size();
     eprintln!("projections: log of {size} events written in {:.1} s", started.elapsed().as_secs_f64());
 
@@ -563,35 +566,19 @@ async fn projections_workload(args: &BenchArgs) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let follower = tokio::spawn(runner.clone().follow(views, stop_rx));
     let live_events = (args.events / 5).max(1000);
-    let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..args.writers.max(1) {
-        let (ledger, next, customers, region) = (ledger.clone(), next.clone(), customers.clone(), region.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= live_events {
-                    break;
-                }
-                let event = message_event(n, &mut rand::thread_rng());
-                let customer = customers[rand::thread_rng().gen_range(0..customers.len())];
-                let limits = ledger::Limits::default();
-                let input = ledger::AppendInput {
-                    customer,
-                    region: Some(region.clone()),
-                    stream: StreamName::parse(&format!("conv.live.{}", &customer.to_string()[..8]), "stream", &limits).expect("valid"),
-                    expected: ExpectedVersion::Any,
-                    events: vec![event],
-                };
-                ledger.append(input).await.map_err(|e| anyhow::anyhow!("append: {e}"))?;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
+    append_in_parallel(&ledger, args.writers, live_events, move |n| {
+        let mut rng = rand::thread_rng();
+        let customer = customers[rng.gen_range(0..customers.len())];
+        ledger::AppendInput {
+            customer,
+            region: Some(region.clone()),
+            stream: StreamName::parse(&format!("conv.live.{}", &customer.to_string()[..8]), "stream", &ledger::Limits::default()).expect("valid"),
+            expected: ExpectedVersion::Any,
+            events: vec![message_event(n, &mut rng)],
+        }
+    })
+    .await?;
     let append_secs = started.elapsed().as_secs_f64();
     // Let the views drain the tail.
     let target = ledger.committed_size();

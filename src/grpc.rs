@@ -202,14 +202,19 @@ impl Caller {
     /// Refuses (and records) a caller not scoped to `region`. A request with no principal
     /// never got past authentication, so it is refused too (fail closed).
     pub(crate) async fn may_region(&self, ledger: &Ledger, region: &str) -> Result<(), Status> {
-        match &self.principal {
-            Some(p) if p.regions.as_ref().is_none_or(|rs| rs.iter().any(|r| r == region)) => Ok(()),
-            _ => {
-                let record = self.access(&self.action).param("region", region);
-                crate::auth::record_refusal(ledger, record, "PERMISSION_DENIED", None).await;
-                Err(Status::permission_denied(format!("{} is not scoped to region {region}", self.name())))
-            }
+        if self.principal.as_ref().is_some_and(|p| p.may(region)) {
+            return Ok(());
         }
+        Err(self.out_of_scope(ledger, "region", region).await)
+    }
+
+    /// Refuses (and records) a caller scoped to some regions only: for calls that reach every
+    /// region (a region-wide listing, minting an unscoped token).
+    pub(crate) async fn may_all_regions(&self, ledger: &Ledger) -> Result<(), Status> {
+        if self.principal.as_ref().is_some_and(|p| !p.scoped()) {
+            return Ok(());
+        }
+        Err(self.out_of_scope(ledger, "region", "every region").await)
     }
 
     /// Refuses (and records) a caller not scoped to `customer`'s region. An unknown customer
@@ -221,7 +226,8 @@ impl Caller {
         match ledger.customer_region(customer) {
             Ok(region) => self.may_region(ledger, region.as_str()).await,
             Err(LedgerError::NotFound { .. }) if self.principal.is_some() => Ok(()),
-            Err(_) => self.may_region(ledger, "unknown").await,
+            Err(LedgerError::NotFound { .. }) => Err(self.out_of_scope(ledger, "region", "unknown").await),
+            Err(e) => Err(status(e)),
         }
     }
 
@@ -229,7 +235,7 @@ impl Caller {
     pub(crate) fn sees(&self, ledger: &Ledger, customer: CustomerId) -> bool {
         match &self.principal {
             Some(p) if !p.scoped() => true,
-            Some(p) => ledger.customer_region(customer).is_ok_and(|r| p.may(&r)),
+            Some(p) => ledger.customer_region(customer).is_ok_and(|r| p.may(r.as_str())),
             None => false,
         }
     }
@@ -237,11 +243,16 @@ impl Caller {
     /// For calls across customers (ReadAll, Subscribe): a region-scoped caller must name one
     /// customer of its regions.
     pub(crate) async fn may_filter(&self, ledger: &Ledger, filter: &EventFilter) -> Result<(), Status> {
-        match (&self.principal, filter.customer) {
-            (Some(p), _) if !p.scoped() => Ok(()),
-            (Some(_), Some(customer)) => self.may_customer(ledger, customer).await,
-            _ => self.may_region(ledger, "all").await,
+        match filter.customer {
+            Some(customer) => self.may_customer(ledger, customer).await,
+            None => self.may_all_regions(ledger).await,
         }
+    }
+
+    async fn out_of_scope(&self, ledger: &Ledger, param: &str, needed: &str) -> Status {
+        let record = self.access(&self.action).param(param, needed);
+        crate::auth::record_refusal(ledger, record, "PERMISSION_DENIED", None).await;
+        Status::permission_denied(format!("{} is not scoped to {needed}", self.name()))
     }
 }
 

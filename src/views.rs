@@ -199,8 +199,8 @@ impl pb::views_server::Views for ViewsService {
         let views = self.views.clone();
         let rows = blocking(move || RoutingView::queue(views.db(), &req.queue, max).map_err(view_error)).await?;
         // A region-scoped agent sees the conversations of its regions' customers only.
-        let rows = rows.into_iter().filter(|r| caller.sees(&self.ledger, r.customer)).collect::<Vec<_>>();
-        Ok(Response::new(pb::ListQueueResponse { conversations: rows.into_iter().map(conversation_to_pb).collect() }))
+        let conversations = rows.into_iter().filter(|r| caller.sees(&self.ledger, r.customer)).map(conversation_to_pb).collect();
+        Ok(Response::new(pb::ListQueueResponse { conversations }))
     }
 
     async fn reroute(&self, request: Request<pb::RerouteRequest>) -> Result<Response<pb::RerouteResponse>, Status> {

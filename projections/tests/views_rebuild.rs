@@ -14,6 +14,15 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 async fn append(ledger: &Ledger, customer: CustomerId, stream: &str, event_type: &str, direction: Direction, payload: serde_json::Value) -> Option<EventId> {
+    append_bytes(ledger, customer, stream, event_type, direction, serde_json::to_vec(&payload).unwrap()).await
+}
+
+/// A message whose payload is whatever bytes a client sent.
+async fn append_raw(ledger: &Ledger, customer: CustomerId, stream: &str, payload: &[u8]) {
+    append_bytes(ledger, customer, stream, "MessageReceived", Direction::Inbound, payload.to_vec()).await;
+}
+
+async fn append_bytes(ledger: &Ledger, customer: CustomerId, stream: &str, event_type: &str, direction: Direction, payload: Vec<u8>) -> Option<EventId> {
     let limits = &ledger.config().limits;
     let id = EventId::new_random();
     let input = AppendInput {
@@ -28,33 +37,12 @@ async fn append(ledger: &Ledger, customer: CustomerId, stream: &str, event_type:
             direction,
             occurred_at: None,
             metadata: Metadata::new(),
-            payload: serde_json::to_vec(&payload).unwrap(),
+            payload,
             schema_version: 1,
         }],
     };
     // Appends to an erased customer are refused; the history goes on without them.
     ledger.append(input).await.ok().map(|_| id)
-}
-
-async fn append_raw(ledger: &Ledger, customer: CustomerId, stream: &str, payload: &[u8]) {
-    let limits = &ledger.config().limits;
-    let input = AppendInput {
-        customer,
-        region: Some(Region::parse("eu", "r").unwrap()),
-        stream: StreamName::parse(stream, "s", limits).unwrap(),
-        expected: ExpectedVersion::Any,
-        events: vec![NewEvent {
-            event_id: EventId::new_random(),
-            event_type: EventType::parse("MessageReceived", "t", limits).unwrap(),
-            channel: Channel::Whatsapp,
-            direction: Direction::Inbound,
-            occurred_at: None,
-            metadata: Metadata::new(),
-            payload: payload.to_vec(),
-            schema_version: 1,
-        }],
-    };
-    let _ = ledger.append(input).await;
 }
 
 const INTENTS: [Intent; 5] = [Intent::SupportInquiry, Intent::OrderOrBooking, Intent::InformationRequest, Intent::Complaint, Intent::UnpromptedReply];
