@@ -5,8 +5,6 @@ use ledger::access::SYSTEM_CUSTOMER;
 use ledger::types::{CustomerId, Position, StreamName, UnixMillis};
 use ledger::{Ledger, NodeCache, ProvenEvent};
 use proto::v1 as pb;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::grpc::{blocking, blocking_outcome, millis_to_pb, record_access, recorded_to_pb, refuse, status, Caller};
@@ -98,7 +96,7 @@ impl pb::audit_server::Audit for AuditService {
         }))
     }
 
-    type ReplayStream = ReceiverStream<Result<pb::ReplayResponse, Status>>;
+    type ReplayStream = crate::streams::Responses<pb::ReplayResponse>;
 
     async fn replay(&self, request: Request<pb::ReplayRequest>) -> Result<Response<Self::ReplayStream>, Status> {
         let caller = Caller::of(&request);
@@ -131,9 +129,9 @@ impl pb::audit_server::Audit for AuditService {
         let ledger = self.ledger.clone();
         let chunk = ledger.config().tuning.read_chunk_events.max(1);
         let bytes_max = ledger.config().tuning.read_chunk_bytes_max;
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER_MESSAGES);
+        let (tx, rx) = crate::streams::channel(STREAM_BUFFER_MESSAGES);
         tokio::task::spawn_blocking(move || {
-            if tx.blocking_send(Ok(pb::ReplayResponse { tree_head: Some(head), events: Vec::new() })).is_err() {
+            if !tx.blocking_send(Ok(pb::ReplayResponse { tree_head: Some(head), events: Vec::new() })) {
                 return;
             }
             let positions = match ledger.customer_positions(customer, stream.as_ref(), Position(req.from_position), Position(to)) {
@@ -157,7 +155,7 @@ impl pb::audit_server::Audit for AuditService {
                 for p in events {
                     let size = p.event.approx_bytes() + p.header.len() + 48 * (p.proof.len() + 1);
                     if !message.is_empty() && bytes + size > bytes_max {
-                        if tx.blocking_send(Ok(pb::ReplayResponse { tree_head: None, events: std::mem::take(&mut message) })).is_err() {
+                        if !tx.blocking_send(Ok(pb::ReplayResponse { tree_head: None, events: std::mem::take(&mut message) })) {
                             return;
                         }
                         bytes = 0;
@@ -165,15 +163,15 @@ impl pb::audit_server::Audit for AuditService {
                     bytes += size;
                     message.push(proven_to_pb(p));
                 }
-                if !message.is_empty() && tx.blocking_send(Ok(pb::ReplayResponse { tree_head: None, events: message })).is_err() {
+                if !message.is_empty() && !tx.blocking_send(Ok(pb::ReplayResponse { tree_head: None, events: message })) {
                     return;
                 }
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(rx))
     }
 
-    type ListLeafHashesStream = ReceiverStream<Result<pb::ListLeafHashesResponse, Status>>;
+    type ListLeafHashesStream = crate::streams::Responses<pb::ListLeafHashesResponse>;
 
     async fn list_leaf_hashes(
         &self,
@@ -189,7 +187,7 @@ impl pb::audit_server::Audit for AuditService {
             return Err(status(ledger::LedgerError::OutOfRange { what: "from_position", reason: format!("must be at most {to}") }));
         }
         let ledger = self.ledger.clone();
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER_MESSAGES);
+        let (tx, rx) = crate::streams::channel(STREAM_BUFFER_MESSAGES);
         tokio::task::spawn_blocking(move || {
             let mut from = req.from_position;
             while from < to {
@@ -199,13 +197,13 @@ impl pb::audit_server::Audit for AuditService {
                     leaf_hashes: leaves.iter().map(|h| h.to_vec()).collect(),
                 });
                 let failed = msg.is_err();
-                if tx.blocking_send(msg.map_err(status)).is_err() || failed {
+                if !tx.blocking_send(msg.map_err(status)) || failed {
                     return;
                 }
                 from = end;
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(rx))
     }
 
     async fn get_customer_audit_trail(

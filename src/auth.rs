@@ -302,8 +302,19 @@ pub fn bootstrap(store: &TokenStore, data_dir: &Path) -> anyhow::Result<Option<P
 
 /// The caller's network address, from the connection's info.
 pub fn origin_of(extensions: &http::Extensions) -> String {
-    use tonic::transport::server::TcpConnectInfo;
-    extensions.get::<TcpConnectInfo>().and_then(|i| i.remote_addr).map_or_else(|| "unknown".into(), |a| a.to_string())
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    extensions
+        .get::<TcpConnectInfo>()
+        .or_else(|| extensions.get::<TlsConnectInfo<TcpConnectInfo>>().map(|t| t.get_ref()))
+        .and_then(|i| i.remote_addr)
+        .map_or_else(|| "unknown".into(), |a| a.to_string())
+}
+
+/// The verified client certificate of a mutual-TLS connection (DER, leaf), if there is one.
+fn client_certificate(extensions: &http::Extensions) -> Option<Vec<u8>> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let certs = extensions.get::<TlsConnectInfo<TcpConnectInfo>>()?.peer_certs()?;
+    certs.first().map(|c| c.as_ref().to_vec())
 }
 
 /// The bearer token of a request, if it carries one.
@@ -324,12 +335,15 @@ pub struct AuthLayer {
 struct AuthState {
     tokens: Arc<TokenStore>,
     ledger: Ledger,
+    quotas: Arc<crate::quota::Quotas>,
+    refusals: crate::quota::Coalesce,
 }
 
 impl AuthLayer {
-    /// A layer over `tokens`, recording refusals in `ledger`'s access trail.
-    pub fn new(tokens: Arc<TokenStore>, ledger: Ledger) -> Self {
-        AuthLayer { state: Arc::new(AuthState { tokens, ledger }) }
+    /// A layer over `tokens` and client certificates, holding each principal to `quotas`, and
+    /// recording refusals in `ledger`'s access trail.
+    pub fn new(tokens: Arc<TokenStore>, ledger: Ledger, quotas: crate::config::Quotas) -> Self {
+        AuthLayer { state: Arc::new(AuthState { tokens, ledger, quotas: Arc::new(crate::quota::Quotas::new(quotas)), refusals: Default::default() }) }
     }
 }
 
@@ -375,17 +389,20 @@ where
             if access == Some(Access::Open) {
                 return inner.call(req).await;
             }
-            let principal = match bearer(req.headers()) {
-                None => Err(("anonymous".to_owned(), "no credentials".to_owned())),
-                Some(token) => state.tokens.authenticate(token).map_err(|why| ("unauthenticated".to_owned(), why.as_str().to_owned())),
+            // A bearer token, when sent, names the caller; otherwise a verified client certificate.
+            let principal = match (bearer(req.headers()), client_certificate(req.extensions())) {
+                (Some(token), _) => state.tokens.authenticate(token).map_err(|why| ("unauthenticated".to_owned(), why.as_str().to_owned())),
+                (None, Some(cert)) => crate::tls::principal_from_certificate(&cert).map_err(|why| ("unauthenticated".to_owned(), why)),
+                (None, None) => Err(("anonymous".to_owned(), "no credentials".to_owned())),
             };
             let principal = match principal {
                 Ok(p) => p,
                 Err((who, why)) => {
                     let status = Status::unauthenticated(format!(
-                        "{why}: send `authorization: Bearer <token>` (on a first start the server writes an admin token to <data_dir>/admin.token)"
+                        "{why}: send `authorization: Bearer <token>` or a client certificate (on a first start the server writes an admin token to <data_dir>/admin.token)"
                     ));
-                    return Ok(refused(&state.ledger, AccessRecord::granted(&who, &action, &origin), "UNAUTHENTICATED", Some(why), status).await);
+                    let key = format!("{}|{why}|{}", ip_of(&origin), known(access, &action));
+                    return Ok(refused(&state, &key, AccessRecord::granted(&who, &action, &origin), "UNAUTHENTICATED", Some(why), status).await);
                 }
             };
             let allowed = match access {
@@ -399,19 +416,54 @@ where
                     _ => "a method this server names".into(),
                 };
                 let status = Status::permission_denied(format!("{} may not call {action}: it needs {need}", principal.name));
-                return Ok(refused(&state.ledger, AccessRecord::granted(&principal.name, &action, &origin), "PERMISSION_DENIED", None, status).await);
+                let key = format!("{}|{}", principal.name, known(access, &action));
+                return Ok(refused(&state, &key, AccessRecord::granted(&principal.name, &action, &origin), "PERMISSION_DENIED", None, status).await);
             }
+            let open = match state.quotas.admit(&principal.name) {
+                crate::quota::Admit::Go(open) => open,
+                crate::quota::Admit::Refused { quota, record } => {
+                    metrics::counter!("ledger_quota_refusals_total", "quota" => quota).increment(1);
+                    let status = Status::resource_exhausted(format!("{} is over its {quota} quota; retry with backoff", principal.name));
+                    // A flood must not become a flood of trail writes: one record per principal a
+                    // second, counting the refusals it stands for.
+                    if let Some(refused) = record {
+                        let access = AccessRecord::granted(&principal.name, &action, &origin).param("refused_calls", refused);
+                        record_refusal(&state.ledger, access, "RESOURCE_EXHAUSTED", Some(quota.to_owned())).await;
+                    }
+                    return Ok(status.into_http());
+                }
+            };
             req.extensions_mut().insert(principal);
             req.extensions_mut().insert(Method(action));
-            inner.call(req).await
+            req.extensions_mut().insert(state.quotas.clone());
+            // The call counts as open until its response body (a stream, perhaps) is finished.
+            let response = inner.call(req).await?;
+            Ok(response.map(|body| tonic::body::Body::new(crate::quota::Counted::new(body, open))))
         })
     }
 }
 
 /// Records a refused call (no personal data: principal, method, origin, outcome) and answers it.
-async fn refused(ledger: &Ledger, record: AccessRecord, outcome: &str, reason: Option<String>, status: Status) -> http::Response<tonic::body::Body> {
-    record_refusal(ledger, record, outcome, reason).await;
+/// Refusals alike (`key`: the same client address or principal, reason and method) are recorded
+/// at most once a second, the record counting them, so refusals cannot be turned into unbounded
+/// growth of the log.
+async fn refused(state: &AuthState, key: &str, record: AccessRecord, outcome: &str, reason: Option<String>, status: Status) -> http::Response<tonic::body::Body> {
+    match state.refusals.due(&format!("{outcome}|{key}")) {
+        Some(count) => record_refusal(&state.ledger, record.param("refused_calls", count), outcome, reason).await,
+        None => metrics::counter!("ledger_auth_refusals_total", "outcome" => outcome.to_owned()).increment(1),
+    }
     status.into_http()
+}
+
+/// The client's address without its port.
+fn ip_of(origin: &str) -> &str {
+    origin.rsplit_once(':').map_or(origin, |(ip, _)| ip)
+}
+
+/// The method, if the table names it: an unknown path is the caller's free text and must not
+/// make every refusal a new key.
+fn known<'a>(access: Option<Access>, action: &'a str) -> &'a str {
+    if access.is_some() { action } else { "<unknown method>" }
 }
 
 /// Appends the access record of a refusal with `outcome` (and why, when the caller may not be

@@ -41,6 +41,11 @@ pub enum Workload {
     /// (`--writers` concurrent single-event appends) with the views following, and the delay from
     /// an event's commit to its view commit reported as p50/p99.
     Projections,
+    /// Abuse isolation: `--quiet-appends` paced single-event appends by one principal, first
+    /// alone, then while a second principal floods (`--writers` tasks appending as fast as they
+    /// can, retrying at once when refused). Prints the quiet principal's latency both times
+    /// and what the flood got through. Mints both principals' tokens with the admin token.
+    Flood,
     /// W1, then W1b, then W2.
     All,
 }
@@ -90,6 +95,13 @@ pub struct BenchArgs {
     /// A fresh data directory for the projections workload (default: a temporary one).
     #[arg(long)]
     pub data_dir: Option<std::path::PathBuf>,
+    /// Appends of the quiet principal in each phase of the flood workload (one every 5 ms).
+    #[arg(long, default_value_t = 2000)]
+    pub quiet_appends: usize,
+    /// How long a flood writer waits after RESOURCE_EXHAUSTED before trying again (0: at once,
+    /// as an abusive client would).
+    #[arg(long, default_value_t = 0)]
+    pub flood_backoff_ms: u64,
     /// The server's C2SP verifier key (`ledgerd audit public-key`), for the replay workload.
     #[arg(long, env = "LEDGER_VERIFIER_KEY")]
     pub verifier_key: Option<String>,
@@ -127,6 +139,124 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if w == Workload::W3 {
         webhook_workload(&args).await?;
     }
+    if w == Workload::Flood {
+        flood_workload(&args, &channels).await?;
+    }
+    Ok(())
+}
+
+async fn flood_workload(args: &BenchArgs, channels: &[Conn]) -> anyhow::Result<()> {
+    let mut admin = pb::admin_client::AdminClient::new(channels[0].clone());
+    let mut mint = async |name: &str| -> anyhow::Result<String> {
+        let req = pb::CreateTokenRequest { principal: name.into(), roles: vec!["appender".into()], regions: vec![], ttl_seconds: 3600 };
+        Ok(admin.create_token(req).await.context("creating a bench token (the bench needs the admin token)")?.into_inner().token)
+    };
+    let (quiet_token, flood_token) = (mint("bench-quiet").await?, mint("bench-flood").await?);
+    let quiet = LedgerClient::new(crate::client::connect_as(&args.target, Some(&quiet_token)).await?);
+    let region = args.region.clone();
+    let paced = async |mut client: LedgerClient<Conn>, n: usize| -> anyhow::Result<Vec<u32>> {
+        let customer = uuid::Uuid::new_v4().to_string();
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        let mut latencies = Vec::with_capacity(n);
+        for _ in 0..n {
+            tick.tick().await;
+            let req = pb::AppendRequest {
+                stream: "bench-quiet".into(),
+                customer_id: customer.clone(),
+                region: region.clone(),
+                expected_version: None,
+                events: vec![pb::ProposedEvent {
+                    event_id: uuid::Uuid::new_v4().to_string(),
+                    event_type: "MessageReceived".into(),
+                    payload: vec![b'q'; args.payload_bytes],
+                    channel: pb::Channel::Whatsapp as i32,
+                    direction: pb::Direction::Inbound as i32,
+                    ..Default::default()
+                }],
+            };
+            let t = Instant::now();
+            client.append(req).await.context("the quiet principal's append failed")?;
+            latencies.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+        }
+        latencies.sort_unstable();
+        Ok(latencies)
+    };
+    let report = |phase: &str, l: &[u32]| {
+        println!(
+            "flood: quiet principal {phase}: {} appends, latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            l.len(),
+            percentile(l, 0.50),
+            percentile(l, 0.99),
+            percentile(l, 1.0)
+        )
+    };
+    eprintln!("flood: quiet principal alone...");
+    let alone = paced(quiet.clone(), args.quiet_appends).await?;
+    report("alone", &alone);
+
+    eprintln!("flood: quiet principal while bench-flood floods with {} writers...", args.writers);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (accepted, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let flood_channels = {
+        let mut v = Vec::new();
+        for _ in 0..args.connections.max(1) {
+            v.push(crate::client::connect_as(&args.target, Some(&flood_token)).await?);
+        }
+        v
+    };
+    let started = Instant::now();
+    let mut flooders = Vec::new();
+    for i in 0..args.writers.max(1) {
+        let mut client = LedgerClient::new(flood_channels[i % flood_channels.len()].clone());
+        let (stop, accepted, refused) = (stop.clone(), accepted.clone(), refused.clone());
+        let (region, per_append, payload_bytes) = (args.region.clone(), args.batch_events.max(1), args.payload_bytes);
+        let backoff = Duration::from_millis(args.flood_backoff_ms);
+        flooders.push(tokio::spawn(async move {
+            let customer = uuid::Uuid::new_v4().to_string();
+            while !stop.load(Ordering::Relaxed) {
+                let events = (0..per_append)
+                    .map(|_| pb::ProposedEvent {
+                        event_id: uuid::Uuid::new_v4().to_string(),
+                        event_type: "MessageReceived".into(),
+                        payload: vec![b'f'; payload_bytes],
+                    channel: pb::Channel::Whatsapp as i32,
+                    direction: pb::Direction::Inbound as i32,
+                        ..Default::default()
+                    })
+                    .collect();
+                let req = pb::AppendRequest { stream: "bench-flood".into(), customer_id: customer.clone(), region: region.clone(), expected_version: None, events };
+                match client.append(req).await {
+                    Ok(_) => accepted.fetch_add(1, Ordering::Relaxed),
+                    Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                        if !backoff.is_zero() {
+                            tokio::time::sleep(backoff).await;
+                        }
+                        refused.fetch_add(1, Ordering::Relaxed)
+                    }
+                    Err(s) => return Err(anyhow::anyhow!("flood append failed: {s}")),
+                };
+            }
+            anyhow::Ok(())
+        }));
+    }
+    // Let the flood reach its steady state before measuring.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let under = paced(quiet, args.quiet_appends).await;
+    stop.store(true, Ordering::Relaxed);
+    for f in flooders {
+        f.await??;
+    }
+    let under = under?;
+    let secs = started.elapsed().as_secs_f64();
+    report("under flood", &under);
+    let (a, r) = (accepted.load(Ordering::Relaxed), refused.load(Ordering::Relaxed));
+    println!(
+        "flood: bench-flood made {} calls in {secs:.1} s: {a} accepted ({:.0}/s, {} events each), {r} refused RESOURCE_EXHAUSTED ({:.0}/s)",
+        a + r,
+        a as f64 / secs,
+        args.batch_events.max(1),
+        r as f64 / secs
+    );
     Ok(())
 }
 

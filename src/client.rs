@@ -3,6 +3,11 @@
 //! The token comes from `LEDGER_TOKEN`, else the file named by `LEDGER_TOKEN_FILE`, else the
 //! admin token a server writes on its first start (`$LEDGER_DATA_DIR/admin.token`, by default
 //! `./data/admin.token`), so on the server's own machine the CLI works with no setup.
+//!
+//! An `https://` target is reached over TLS: `LEDGER_TLS_CA` names the PEM authority the
+//! server's certificate is checked against, and `LEDGER_TLS_CLIENT_CERT` with
+//! `LEDGER_TLS_CLIENT_KEY` a client certificate for mutual TLS (which then names the caller,
+//! unless a token is given explicitly).
 
 use anyhow::Context;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -23,8 +28,12 @@ impl std::fmt::Debug for Bearer {
 }
 
 impl Bearer {
-    /// The token found in the environment or the default admin token file, if any.
-    pub fn from_env() -> anyhow::Result<Self> {
+    /// The token in `LEDGER_TOKEN` or `LEDGER_TOKEN_FILE`; and, if `default_file`, the admin
+    /// token file when neither is set.
+    fn from_env(default_file: bool) -> anyhow::Result<Self> {
+        if !default_file && std::env::var_os("LEDGER_TOKEN").is_none() && std::env::var_os("LEDGER_TOKEN_FILE").is_none() {
+            return Ok(Bearer(None));
+        }
         let token = match std::env::var("LEDGER_TOKEN") {
             Ok(t) if !t.trim().is_empty() => Some(t.trim().to_owned()),
             _ => {
@@ -61,8 +70,48 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
-/// Connects to `target` with the token from the environment.
+/// Connects to `target` with the token from the environment (over TLS for `https://`).
 pub async fn connect(target: &str) -> anyhow::Result<Conn> {
-    let channel = Channel::from_shared(target.to_owned())?.connect().await.with_context(|| format!("connecting to {target}"))?;
-    Ok(InterceptedService::new(channel, Bearer::from_env()?))
+    connect_as(target, None).await
+}
+
+/// Connects to `target` sending `token`, or (for `None`) the token from the environment.
+pub async fn connect_as(target: &str, token: Option<&str>) -> anyhow::Result<Conn> {
+    let mut endpoint = Channel::from_shared(target.to_owned())?;
+    let mut client_cert = false;
+    if target.starts_with("https://") {
+        let (tls, with_cert) = client_tls()?;
+        endpoint = endpoint.tls_config(tls).context("configuring TLS")?;
+        client_cert = with_cert;
+    }
+    let channel = endpoint.connect().await.with_context(|| format!("connecting to {target}"))?;
+    // With a client certificate the certificate names the caller: the admin token file is not
+    // picked up behind the user's back.
+    let bearer = match token {
+        Some(t) => Bearer::new(Some(t))?,
+        None => Bearer::from_env(!client_cert)?,
+    };
+    Ok(InterceptedService::new(channel, bearer))
+}
+
+/// The TLS of an `https://` target, and whether it presents a client certificate.
+fn client_tls() -> anyhow::Result<(tonic::transport::ClientTlsConfig, bool)> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let read = |var: &str| -> anyhow::Result<Option<Vec<u8>>> {
+        match std::env::var_os(var) {
+            None => Ok(None),
+            Some(path) => std::fs::read(&path).map(Some).with_context(|| format!("reading {var} {}", path.to_string_lossy())),
+        }
+    };
+    let ca = read("LEDGER_TLS_CA")?.context("an https:// target needs LEDGER_TLS_CA, the PEM authority of the server's certificate")?;
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+    let with_cert = match (read("LEDGER_TLS_CLIENT_CERT")?, read("LEDGER_TLS_CLIENT_KEY")?) {
+        (Some(cert), Some(key)) => {
+            tls = tls.identity(Identity::from_pem(cert, key));
+            true
+        }
+        (None, None) => false,
+        _ => anyhow::bail!("LEDGER_TLS_CLIENT_CERT and LEDGER_TLS_CLIENT_KEY go together"),
+    };
+    Ok((tls, with_cert))
 }

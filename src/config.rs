@@ -46,6 +46,41 @@ pub struct ServeArgs {
     /// and decrypted data would cross the network in the clear.
     #[arg(long, env = "LEDGER_ALLOW_PLAINTEXT_BEYOND_LOOPBACK")]
     pub allow_plaintext_beyond_loopback: bool,
+    /// PEM certificate chain the gRPC and HTTP ports serve TLS with (with --tls-key).
+    #[arg(long, env = "LEDGER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "LEDGER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM certificate authority whose client certificates authenticate gRPC callers (mutual TLS).
+    #[arg(long, env = "LEDGER_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// PEM revocation lists of the client CA.
+    #[arg(long, env = "LEDGER_TLS_CLIENT_CRL")]
+    pub tls_client_crl: Option<PathBuf>,
+    /// Refuse gRPC connections without a client certificate (bearer tokens then need one too).
+    #[arg(long, env = "LEDGER_TLS_REQUIRE_CLIENT_CERT")]
+    pub tls_require_client_cert: bool,
+}
+
+/// Flags override the file's `[tls]` field by field; a key without a certificate (or the
+/// reverse) is an error, not a silent plaintext start.
+fn resolve_tls(args: &ServeArgs, file: Option<TlsConfig>) -> anyhow::Result<Option<TlsConfig>> {
+    let cert = args.tls_cert.clone().or(file.as_ref().map(|t| t.cert.clone()));
+    let key = args.tls_key.clone().or(file.as_ref().map(|t| t.key.clone()));
+    let client_ca = args.tls_client_ca.clone().or(file.as_ref().and_then(|t| t.client_ca.clone()));
+    let client_crl = args.tls_client_crl.clone().or(file.as_ref().and_then(|t| t.client_crl.clone()));
+    let require_client_cert = args.tls_require_client_cert || file.as_ref().is_some_and(|t| t.require_client_cert);
+    match (cert, key) {
+        (Some(cert), Some(key)) => {
+            if (require_client_cert || client_crl.is_some()) && client_ca.is_none() {
+                bail!("invalid tls: require_client_cert and client_crl need client_ca, the authority client certificates are checked against");
+            }
+            Ok(Some(TlsConfig { cert, key, client_ca, client_crl, require_client_cert }))
+        }
+        (None, None) if client_ca.is_none() && client_crl.is_none() && !require_client_cert => Ok(None),
+        _ => bail!("invalid tls: cert and key must both be set (client_ca and require_client_cert need them too)"),
+    }
 }
 
 fn parse_check(s: &str) -> Result<StartupCheck, String> {
@@ -74,6 +109,144 @@ struct FileConfig {
     connectors: connectors::ConnectorsConfig,
     crm: projections::crm_push::CrmConfig,
     routing: RoutingConfig,
+    tls: Option<TlsConfig>,
+    quotas: Quotas,
+    timeouts: Timeouts,
+}
+
+/// The `[tls]` section: the certificate both ports serve, and the client CA of mutual TLS.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// PEM CA certificates whose client certificates authenticate gRPC callers; the subject's
+    /// common name is the principal, its `OU` values its roles and `region:<r>` scopes.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// PEM certificate revocation lists of the client CA: a revoked client certificate fails
+    /// the handshake.
+    #[serde(default)]
+    pub client_crl: Option<PathBuf>,
+    /// Refuse gRPC connections that present no client certificate.
+    #[serde(default)]
+    pub require_client_cert: bool,
+}
+
+/// The `[quotas]` section: what one principal may use, so that no caller can starve the
+/// others. Exceeding a quota is `RESOURCE_EXHAUSTED`. `[[quotas.principal]]` entries give named
+/// principals other figures (a bulk importer more, an untrusted integration less).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Quotas {
+    /// Sustained calls per second, per principal.
+    pub calls_per_second: f64,
+    /// Calls a principal may make in a burst above the sustained rate.
+    pub burst: f64,
+    /// Calls (unary or streaming) a principal may have open at once.
+    pub concurrent_calls: usize,
+    /// Sustained appended events per second, per principal (an Append of 100 events counts 100).
+    pub events_per_second: f64,
+    /// Events a principal may append in a burst above the sustained rate.
+    pub event_burst: f64,
+    /// Named principals with their own figures.
+    pub principal: Vec<PrincipalQuota>,
+}
+
+/// One principal's own quotas (`[[quotas.principal]]`); what it leaves out is the default's.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalQuota {
+    /// The principal's name (a token's principal or a certificate's common name).
+    pub name: String,
+    /// See [`Quotas::calls_per_second`].
+    pub calls_per_second: Option<f64>,
+    /// See [`Quotas::burst`].
+    pub burst: Option<f64>,
+    /// See [`Quotas::concurrent_calls`].
+    pub concurrent_calls: Option<usize>,
+    /// See [`Quotas::events_per_second`].
+    pub events_per_second: Option<f64>,
+    /// See [`Quotas::event_burst`].
+    pub event_burst: Option<f64>,
+}
+
+/// The figures one principal is held to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QuotaLimits {
+    /// Calls per second.
+    pub calls_per_second: f64,
+    /// Call burst.
+    pub burst: f64,
+    /// Open calls.
+    pub concurrent_calls: usize,
+    /// Events per second.
+    pub events_per_second: f64,
+    /// Event burst.
+    pub event_burst: f64,
+}
+
+impl Quotas {
+    /// The figures `principal` is held to.
+    pub fn for_principal(&self, principal: &str) -> QuotaLimits {
+        let own = self.principal.iter().find(|p| p.name == principal);
+        QuotaLimits {
+            calls_per_second: own.and_then(|p| p.calls_per_second).unwrap_or(self.calls_per_second),
+            burst: own.and_then(|p| p.burst).unwrap_or(self.burst),
+            concurrent_calls: own.and_then(|p| p.concurrent_calls).unwrap_or(self.concurrent_calls),
+            events_per_second: own.and_then(|p| p.events_per_second).unwrap_or(self.events_per_second),
+            event_burst: own.and_then(|p| p.event_burst).unwrap_or(self.event_burst),
+        }
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let names = std::iter::once("the defaults").chain(self.principal.iter().map(|p| p.name.as_str()));
+        for name in names {
+            let l = self.for_principal(name);
+            if !(l.calls_per_second > 0.0 && l.burst >= 1.0 && l.concurrent_calls >= 1 && l.events_per_second > 0.0 && l.event_burst >= 1.0) {
+                bail!("invalid quotas ({name}): rates must be above 0, bursts and concurrent_calls at least 1");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas {
+            calls_per_second: 5_000.0,
+            burst: 10_000.0,
+            concurrent_calls: 64,
+            events_per_second: 50_000.0,
+            event_burst: 100_000.0,
+            principal: Vec::new(),
+        }
+    }
+}
+
+/// The `[timeouts]` section: how long a slow or silent client may hold server resources.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Timeouts {
+    /// A unary call (including reading its request) must finish within this, ms.
+    pub request_ms: u64,
+    /// A streaming response whose reader accepts nothing for this long is ended with
+    /// `RESOURCE_EXHAUSTED`, ms.
+    pub stream_stall_ms: u64,
+    /// A TLS handshake must finish within this, ms.
+    pub handshake_ms: u64,
+    /// An HTTP/1 client must send its request headers within this, ms.
+    pub http_header_ms: u64,
+    /// Idle connections are pinged this often, and closed when a ping goes unanswered, ms.
+    pub keepalive_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts { request_ms: 60_000, stream_stall_ms: 30_000, handshake_ms: 10_000, http_header_ms: 10_000, keepalive_ms: 30_000 }
+    }
 }
 
 /// The `[routing]` section: the router's rules and timers.
@@ -128,6 +301,12 @@ pub struct ServeConfig {
     pub rules: projections::rules::Rules,
     /// Whether plaintext listeners beyond loopback are allowed (flag or environment only).
     pub allow_plaintext_beyond_loopback: bool,
+    /// TLS for both ports, if configured.
+    pub tls: Option<TlsConfig>,
+    /// Per-principal quotas.
+    pub quotas: Quotas,
+    /// Slow-client timeouts.
+    pub timeouts: Timeouts,
 }
 
 impl ServeConfig {
@@ -177,6 +356,18 @@ impl ServeConfig {
             http_addr: args.http_addr.clone().or(file.http_addr).unwrap_or_else(|| "127.0.0.1:8080".into()),
             log_format,
             allow_plaintext_beyond_loopback: args.allow_plaintext_beyond_loopback,
+            tls: resolve_tls(args, file.tls)?,
+            quotas: {
+                file.quotas.validate()?;
+                file.quotas
+            },
+            timeouts: {
+                let t = file.timeouts;
+                if [t.request_ms, t.stream_stall_ms, t.handshake_ms, t.http_header_ms, t.keepalive_ms].contains(&0) {
+                    bail!("invalid timeouts: every timeout must be at least 1 ms");
+                }
+                t
+            },
             erasure: {
                 file.erasure.validate().map_err(|e| anyhow::anyhow!("invalid {e}"))?;
                 file.erasure

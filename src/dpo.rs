@@ -191,3 +191,75 @@ pub async fn projections(cmd: ProjectionsCommand) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `ledgerd tokens` subcommands.
+#[derive(Subcommand, Debug, Clone)]
+pub enum TokensCommand {
+    /// Create a bearer token for a principal and print it (once; the server keeps its hash only).
+    Create {
+        /// The server's gRPC endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        target: String,
+        /// The principal's name, as access records will show it.
+        #[arg(long)]
+        principal: String,
+        /// Comma-separated roles: appender, reader, auditor, dpo, admin.
+        #[arg(long, value_delimiter = ',', required = true)]
+        roles: Vec<String>,
+        /// Comma-separated regions it is scoped to [default: every region].
+        #[arg(long, value_delimiter = ',')]
+        regions: Vec<String>,
+        /// Lifetime in seconds [default: no expiry].
+        #[arg(long, default_value_t = 0)]
+        ttl_seconds: u64,
+    },
+    /// Revoke a token by its public id (from `create` or `list`).
+    Revoke {
+        /// The server's gRPC endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        target: String,
+        /// The token's public id.
+        id: String,
+    },
+    /// List every token's id, principal, roles, scopes and state (never the tokens).
+    List {
+        /// The server's gRPC endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        target: String,
+    },
+}
+
+/// Runs `ledgerd tokens ...`.
+pub async fn tokens(cmd: TokensCommand) -> anyhow::Result<()> {
+    match cmd {
+        TokensCommand::Create { target, principal, roles, regions, ttl_seconds } => {
+            let mut admin = pb::admin_client::AdminClient::new(crate::client::connect(&target).await?);
+            let r = admin.create_token(pb::CreateTokenRequest { principal, roles, regions, ttl_seconds }).await.map_err(fail)?.into_inner();
+            let id = r.info.map(|i| i.id).unwrap_or_default();
+            eprintln!("token {id} created; it is shown once, here:");
+            println!("{}", r.token);
+        }
+        TokensCommand::Revoke { target, id } => {
+            let mut admin = pb::admin_client::AdminClient::new(crate::client::connect(&target).await?);
+            admin.revoke_token(pb::RevokeTokenRequest { id: id.clone() }).await.map_err(fail)?;
+            println!("token {id} revoked");
+        }
+        TokensCommand::List { target } => {
+            let mut admin = pb::admin_client::AdminClient::new(crate::client::connect(&target).await?);
+            let r = admin.list_tokens(pb::ListTokensRequest {}).await.map_err(fail)?.into_inner();
+            let now = ledger::types::UnixMillis::now().0;
+            for t in r.tokens {
+                let state = if t.revoked_unix_ms != 0 {
+                    "revoked"
+                } else if t.expires_unix_ms != 0 && t.expires_unix_ms <= now {
+                    "expired"
+                } else {
+                    "active"
+                };
+                let regions = if t.regions.is_empty() { "every region".to_owned() } else { t.regions.join(",") };
+                println!("{} {} roles={} regions={} {state}", t.id, t.principal, t.roles.join(","), regions);
+            }
+        }
+    }
+    Ok(())
+}

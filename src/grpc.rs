@@ -9,8 +9,7 @@ use crate::auth::Principal;
 use ledger::access::AccessRecord;
 use ledger::{AppendInput, ErrorCode, EventFilter, Ledger, LedgerError, NewEvent, Payload, RecordedEvent};
 use proto::v1 as pb;
-use tokio::sync::{broadcast, mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{broadcast, watch};
 use tonic::{Request, Response, Status};
 
 /// Maps an engine error to a gRPC status with the stable code in `ledger-error-code` metadata.
@@ -179,6 +178,7 @@ pub(crate) struct Caller {
     principal: Option<Principal>,
     action: String,
     origin: String,
+    quotas: Option<Arc<crate::quota::Quotas>>,
 }
 
 impl Caller {
@@ -187,7 +187,21 @@ impl Caller {
             principal: request.extensions().get::<Principal>().cloned(),
             action: request.extensions().get::<crate::auth::Method>().map_or_else(String::new, |m| m.0.clone()),
             origin: request.remote_addr().map_or_else(|| "unknown".into(), |a| a.to_string()),
+            quotas: request.extensions().get::<Arc<crate::quota::Quotas>>().cloned(),
         }
+    }
+
+    /// Charges `events` appended events to the caller's event quota; over it, the call is
+    /// refused with `RESOURCE_EXHAUSTED` (recorded at most once a second, counting).
+    pub(crate) async fn spend_events(&self, ledger: &Ledger, events: usize) -> Result<(), Status> {
+        let (Some(quotas), Some(p)) = (&self.quotas, &self.principal) else { return Ok(()) };
+        let Err(record) = quotas.admit_events(&p.name, events) else { return Ok(()) };
+        metrics::counter!("ledger_quota_refusals_total", "quota" => "event rate").increment(1);
+        if let Some(refused) = record {
+            let access = self.access(&self.action).param("refused_calls", refused);
+            crate::auth::record_refusal(ledger, access, "RESOURCE_EXHAUSTED", Some("event rate".to_owned())).await;
+        }
+        Err(Status::resource_exhausted(format!("{} is over its event rate quota; retry with backoff", p.name)))
     }
 
     fn name(&self) -> &str {
@@ -358,6 +372,7 @@ pub(crate) async fn blocking_outcome<T: Send + 'static>(
 impl pb::ledger_server::Ledger for LedgerService {
     async fn append(&self, request: Request<pb::AppendRequest>) -> Result<Response<pb::AppendResponse>, Status> {
         let caller = Caller::of(&request);
+        caller.spend_events(&self.ledger, request.get_ref().events.len()).await?;
         let input = append_input(request.into_inner(), &self.ledger).map_err(status)?;
         match &input.region {
             Some(region) => caller.may_region(&self.ledger, region.as_str()).await?,
@@ -395,7 +410,7 @@ impl pb::ledger_server::Ledger for LedgerService {
         Ok(Response::new(pb::LinkIdentifierResponse {}))
     }
 
-    type ReadStreamStream = ReceiverStream<Result<pb::ReadStreamResponse, Status>>;
+    type ReadStreamStream = crate::streams::Responses<pb::ReadStreamResponse>;
 
     async fn read_stream(&self, request: Request<pb::ReadStreamRequest>) -> Result<Response<Self::ReadStreamStream>, Status> {
         let caller = Caller::of(&request);
@@ -429,18 +444,18 @@ impl pb::ledger_server::Ledger for LedgerService {
         record_access(&self.ledger, &access).await?;
         let tuning = &self.ledger.config().tuning;
         let parts = chunked(events, tuning.read_chunk_events, tuning.read_chunk_bytes_max);
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER_MESSAGES);
+        let (tx, rx) = crate::streams::channel(STREAM_BUFFER_MESSAGES);
         tokio::spawn(async move {
             for part in parts {
-                if tx.send(Ok(pb::ReadStreamResponse { events: part })).await.is_err() {
+                if !tx.send(Ok(pb::ReadStreamResponse { events: part })).await {
                     break;
                 }
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(rx))
     }
 
-    type ReadAllStream = ReceiverStream<Result<pb::ReadAllResponse, Status>>;
+    type ReadAllStream = crate::streams::Responses<pb::ReadAllResponse>;
 
     async fn read_all(&self, request: Request<pb::ReadAllRequest>) -> Result<Response<Self::ReadAllStream>, Status> {
         let caller = Caller::of(&request);
@@ -459,7 +474,7 @@ impl pb::ledger_server::Ledger for LedgerService {
         let mut remaining = if req.max_count == 0 { u64::MAX } else { req.max_count };
         let chunk = ledger.config().tuning.read_chunk_events.max(1);
         let bytes_max = ledger.config().tuning.read_chunk_bytes_max;
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER_MESSAGES);
+        let (tx, rx) = crate::streams::channel(STREAM_BUFFER_MESSAGES);
         tokio::task::spawn_blocking(move || {
             let mut next = Position(req.from_position);
             while next < end && remaining > 0 {
@@ -475,7 +490,7 @@ impl pb::ledger_server::Ledger for LedgerService {
                             continue;
                         }
                         let msg = pb::ReadAllResponse { events: events.into_iter().map(recorded_to_pb).collect(), next_position: next.0 };
-                        if tx.blocking_send(Ok(msg)).is_err() {
+                        if !tx.blocking_send(Ok(msg)) {
                             return;
                         }
                     }
@@ -486,10 +501,10 @@ impl pb::ledger_server::Ledger for LedgerService {
                 }
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(rx))
     }
 
-    type SubscribeStream = ReceiverStream<Result<pb::SubscribeResponse, Status>>;
+    type SubscribeStream = crate::streams::Responses<pb::SubscribeResponse>;
 
     async fn subscribe(&self, request: Request<pb::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
         let caller = Caller::of(&request);
@@ -500,7 +515,7 @@ impl pb::ledger_server::Ledger for LedgerService {
         // position before anything is sent, and a closing record says how far it got.
         let access = filter_params(caller.access("ledger.v1.Ledger/Subscribe"), &filter).param("from_position", req.from_position);
         record_access(&self.ledger, &access).await?;
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER_MESSAGES);
+        let (tx, rx) = crate::streams::channel(STREAM_BUFFER_MESSAGES);
         let ledger = self.ledger.clone();
         let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
@@ -521,7 +536,7 @@ impl pb::ledger_server::Ledger for LedgerService {
                 let _ = tx.send(Err(s)).await;
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(rx))
     }
 }
 
@@ -539,7 +554,7 @@ async fn follow(
     ledger: Ledger,
     filter: Arc<EventFilter>,
     progress: &mut Progress,
-    tx: mpsc::Sender<Result<pb::SubscribeResponse, Status>>,
+    tx: crate::streams::Sender<pb::SubscribeResponse>,
 ) -> Result<(), Status> {
     let mut next = progress.next;
     let chunk = ledger.config().tuning.read_chunk_events.max(1);
@@ -555,7 +570,7 @@ async fn follow(
             live = false;
             let sent = events.len() as u64;
             let msg = pb::SubscribeResponse { events: events.into_iter().map(recorded_to_pb).collect(), next_position: next.0, live };
-            if tx.send(Ok(msg)).await.is_err() {
+            if !tx.send(Ok(msg)).await {
                 return Ok(());
             }
             *progress = Progress { next, events: progress.events + sent };
@@ -564,7 +579,7 @@ async fn follow(
         if !live {
             live = true;
             let msg = pb::SubscribeResponse { events: Vec::new(), next_position: next.0, live };
-            if tx.send(Ok(msg)).await.is_err() {
+            if !tx.send(Ok(msg)).await {
                 return Ok(());
             }
         }
@@ -587,7 +602,7 @@ async fn follow(
                     let next_position = if i + 1 == count { end.0 } else { part.last().map_or(next.0, |e| e.position + 1) };
                     let sent = part.len() as u64;
                     let msg = pb::SubscribeResponse { events: part, next_position, live };
-                    if tx.send(Ok(msg)).await.is_err() {
+                    if !tx.send(Ok(msg)).await {
                         return Ok(());
                     }
                     *progress = Progress { next: Position(next_position), events: progress.events + sent };

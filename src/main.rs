@@ -11,6 +11,9 @@ mod http;
 mod messaging;
 mod privacy;
 mod proof_file;
+mod quota;
+mod streams;
+mod tls;
 mod verify;
 mod views;
 
@@ -57,6 +60,9 @@ enum Command {
     /// Status and rebuilds of the views built from the log.
     #[command(subcommand)]
     Projections(dpo::ProjectionsCommand),
+    /// Create, revoke and list bearer tokens.
+    #[command(subcommand)]
+    Tokens(dpo::TokensCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -101,6 +107,7 @@ fn main() -> anyhow::Result<()> {
         Command::Export(args) => runtime.block_on(proof_file::export(args)),
         Command::Keys(cmd) => runtime.block_on(dpo::keys(cmd)),
         Command::Projections(cmd) => runtime.block_on(dpo::projections(cmd)),
+        Command::Tokens(cmd) => runtime.block_on(dpo::tokens(cmd)),
         Command::Audit(AuditCommand::PublicKey { data_dir, signing_key, origin }) => {
             let path = signing_key.unwrap_or_else(|| data_dir.join("signing.key"));
             let key = ledger::keys::SigningKey::open(&path)
@@ -169,15 +176,16 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         .with_context(|| format!("binding HTTP address {}", config.http_addr))?;
     let grpc_addr: SocketAddr = grpc_listener.local_addr()?;
     let http_addr: SocketAddr = http_listener.local_addr()?;
+    let tls = config.tls.as_ref();
     for (name, addr) in [("grpc", grpc_addr), ("http", http_addr)] {
-        if addr.ip().is_loopback() {
+        if addr.ip().is_loopback() || tls.is_some() {
             continue;
         }
         anyhow::ensure!(
             config.allow_plaintext_beyond_loopback,
             "refusing to serve plaintext {name} on {addr}, beyond loopback: bearer tokens and decrypted customer data would cross \
-             the network in the clear. Bind to 127.0.0.1, or pass --allow-plaintext-beyond-loopback (LEDGER_ALLOW_PLAINTEXT_BEYOND_LOOPBACK=true) \
-             behind a TLS-terminating proxy you trust"
+             the network in the clear. Configure TLS (--tls-cert and --tls-key, or [tls]), bind to 127.0.0.1, or pass \
+             --allow-plaintext-beyond-loopback (LEDGER_ALLOW_PLAINTEXT_BEYOND_LOOPBACK=true) behind a TLS-terminating proxy you trust"
         );
         tracing::warn!(
             listener = name,
@@ -186,6 +194,11 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
              cross the network unencrypted unless a TLS-terminating proxy sits in front"
         );
     }
+    let timeouts = config.timeouts;
+    let ms = std::time::Duration::from_millis;
+    streams::set_stall_timeout(ms(timeouts.stream_stall_ms));
+    let grpc_tls = tls.map(tls::grpc).transpose()?;
+    let http_tls = tls.map(tls::http).transpose()?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let service = grpc::LedgerService::new(ledger.clone(), shutdown_rx.clone());
@@ -197,12 +210,15 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     let all_views: Vec<std::sync::Arc<dyn projections::View>> = projections::VIEWS.iter().filter_map(|n| projections::view_named(n)).collect();
     tokio::spawn(views.clone().follow(all_views, shutdown_rx.clone()));
     let audit_server = proto::v1::audit_server::AuditServer::new(audit::AuditService::new(ledger.clone(), views.clone()))
+        .max_decoding_message_size(max_request)
         .max_encoding_message_size(64 * 1024 * 1024);
     let eraser = erasure::Eraser::open(ledger.clone(), config.erasure.clone()).map_err(|e| anyhow::anyhow!("refusing to serve: {e}"))?;
     eraser.start(shutdown_rx.clone());
     let privacy_server = proto::v1::privacy_server::PrivacyServer::new(privacy::PrivacyService::new(ledger.clone(), eraser))
+        .max_decoding_message_size(max_request)
         .max_encoding_message_size(64 * 1024 * 1024);
-    let admin_server = proto::v1::admin_server::AdminServer::new(privacy::AdminService::new(ledger.clone(), views.clone(), tokens.clone()));
+    let admin_server = proto::v1::admin_server::AdminServer::new(privacy::AdminService::new(ledger.clone(), views.clone(), tokens.clone()))
+        .max_decoding_message_size(max_request);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<proto::v1::ledger_server::LedgerServer<grpc::LedgerService>>().await;
     health_reporter.set_serving::<proto::v1::audit_server::AuditServer<audit::AuditService>>().await;
@@ -231,11 +247,19 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     if let Some(crm) = &crm {
         tokio::spawn(crm.clone().run(shutdown_rx.clone()));
     }
-    let views_server = proto::v1::views_server::ViewsServer::new(views::ViewsService::new(ledger.clone(), views.clone(), crm, config.rules.clone()));
-    let messaging_server = proto::v1::messaging_server::MessagingServer::new(messaging::MessagingService::new(ledger.clone(), outbound));
+    let views_server = proto::v1::views_server::ViewsServer::new(views::ViewsService::new(ledger.clone(), views.clone(), crm, config.rules.clone()))
+        .max_decoding_message_size(max_request);
+    let messaging_server = proto::v1::messaging_server::MessagingServer::new(messaging::MessagingService::new(ledger.clone(), outbound))
+        .max_decoding_message_size(max_request);
     let mut grpc_stop = shutdown_rx.clone();
-    let grpc_server = tonic::transport::Server::builder()
-        .layer(auth::AuthLayer::new(tokens.clone(), ledger.clone()))
+    let grpc_router = tonic::transport::Server::builder()
+        // A unary call (reading its request included) that outlives this is cut off; streams
+        // are bounded by the stall timeout instead.
+        .timeout(ms(timeouts.request_ms))
+        .http2_keepalive_interval(Some(ms(timeouts.keepalive_ms)))
+        .http2_keepalive_timeout(Some(ms(timeouts.keepalive_ms)))
+        .tcp_keepalive(Some(ms(timeouts.keepalive_ms)))
+        .layer(auth::AuthLayer::new(tokens.clone(), ledger.clone(), config.quotas))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ledger_server)
@@ -243,18 +267,24 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         .add_service(privacy_server)
         .add_service(admin_server)
         .add_service(messaging_server)
-        .add_service(views_server)
+        .add_service(views_server);
+    let grpc_stopped = async move {
+        let _ = grpc_stop.wait_for(|s| *s).await;
+    };
+    type Serving = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+    let grpc_server: Serving = match grpc_tls {
         // Nagle's algorithm with delayed ACKs adds 40 ms stalls to small unary calls.
-        .serve_with_incoming_shutdown(TcpIncoming::from(grpc_listener).with_nodelay(Some(true)), async move {
-            let _ = grpc_stop.wait_for(|s| *s).await;
-        });
-    let mut http_stop = shutdown_rx.clone();
-    let http_server = axum::serve(http_listener, http::router(ledger.clone(), prometheus, webhooks, config.crm.clone()))
-        .with_graceful_shutdown(async move {
-            let _ = http_stop.wait_for(|s| *s).await;
-        });
+        None => Box::pin(grpc_router.serve_with_incoming_shutdown(TcpIncoming::from(grpc_listener).with_nodelay(Some(true)), grpc_stopped)),
+        Some(acceptor) => {
+            let incoming = tls::incoming(grpc_listener, acceptor, ms(timeouts.handshake_ms), ledger.clone());
+            Box::pin(grpc_router.serve_with_incoming_shutdown(incoming, grpc_stopped))
+        }
+    };
+    let http_stop = shutdown_rx.clone();
+    let http_app = http::router(ledger.clone(), prometheus, tokens.clone(), webhooks, config.crm.clone());
+    let http_server = http::serve(http_listener, http_app, http_tls, timeouts, http_stop);
     let grpc_task = tokio::spawn(grpc_server);
-    let http_task = tokio::spawn(async move { http_server.await });
+    let http_task = tokio::spawn(http_server);
 
     let regions: Vec<&str> = config.ledger.regions.iter().map(|r| r.as_str()).collect();
     tracing::info!(verifier_key = %ledger.verifier_key(), "signed tree heads are checkable with this verifier key");
@@ -262,6 +292,12 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         grpc_addr = %grpc_addr,
         http_addr = %http_addr,
         regions = %regions.join(","),
+        tls = %match tls {
+            None => "off",
+            Some(t) if t.require_client_cert => "on, client certificate required",
+            Some(t) if t.client_ca.is_some() => "on, client certificates or tokens",
+            Some(_) => "on, tokens",
+        },
         data_dir = %config.ledger.data_dir.display(),
         "ledger ready"
     );
@@ -282,7 +318,7 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     match drained {
         Ok((grpc, http)) => {
             grpc?.context("gRPC server")?;
-            http?.context("HTTP server")?;
+            http.context("HTTP server")?;
         }
         Err(_) => {
             tracing::warn!(grace_secs = SHUTDOWN_GRACE.as_secs(), "connections still open after the grace period; closing them");

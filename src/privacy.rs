@@ -8,8 +8,6 @@ use ledger::access::SYSTEM_CUSTOMER;
 use ledger::types::{CustomerId, Position, Region, UnixMillis};
 use ledger::{Ledger, LedgerError, NodeCache, Payload};
 use proto::v1 as pb;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::audit::{proven_to_pb, signed_head};
@@ -126,22 +124,22 @@ impl PrivacyService {
         access: ledger::access::AccessRecord,
         customers: Vec<CustomerId>,
         wrap: fn(pb::ExportChunk) -> R,
-    ) -> Result<Response<ReceiverStream<Result<R, Status>>>, Status> {
+    ) -> Result<Response<crate::streams::Responses<R>>, Status> {
         record_access(&self.ledger, &access).await?;
         let head = signed_head(&self.ledger);
         let size = head.tree_size;
         let ledger = self.ledger.clone();
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER_MESSAGES);
+        let (tx, rx) = crate::streams::channel(STREAM_BUFFER_MESSAGES);
         tokio::task::spawn_blocking(move || {
-            if tx.blocking_send(Ok(wrap(pb::ExportChunk { tree_head: Some(head), events: Vec::new(), summary: None }))).is_err() {
+            if !tx.blocking_send(Ok(wrap(pb::ExportChunk { tree_head: Some(head), events: Vec::new(), summary: None }))) {
                 return;
             }
-            let mut send = |c: pb::ExportChunk| tx.blocking_send(Ok(wrap(c))).is_ok();
+            let mut send = |c: pb::ExportChunk| tx.blocking_send(Ok(wrap(c)));
             if let Err(e) = stream_export(&ledger, &customers, size, &mut send) {
                 let _ = tx.blocking_send(Err(status(e)));
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(rx))
     }
 }
 
@@ -191,7 +189,7 @@ impl pb::privacy_server::Privacy for PrivacyService {
         Ok(Response::new(pb::RetryDeadLettersResponse { requeued }))
     }
 
-    type ExportCustomerStream = ReceiverStream<Result<pb::ExportCustomerResponse, Status>>;
+    type ExportCustomerStream = crate::streams::Responses<pb::ExportCustomerResponse>;
 
     async fn export_customer(&self, request: Request<pb::ExportCustomerRequest>) -> Result<Response<Self::ExportCustomerStream>, Status> {
         let caller = Caller::of(&request);
@@ -209,7 +207,7 @@ impl pb::privacy_server::Privacy for PrivacyService {
         self.export(access, vec![customer], |chunk| pb::ExportCustomerResponse { chunk: Some(chunk) }).await
     }
 
-    type ExportRegionStream = ReceiverStream<Result<pb::ExportRegionResponse, Status>>;
+    type ExportRegionStream = crate::streams::Responses<pb::ExportRegionResponse>;
 
     async fn export_region(&self, request: Request<pb::ExportRegionRequest>) -> Result<Response<Self::ExportRegionStream>, Status> {
         let caller = Caller::of(&request);

@@ -35,7 +35,33 @@ pub struct Server {
     pub http_addr: String,
     pub data_dir: PathBuf,
     pub logs: Arc<Mutex<String>>,
+    /// Secrets this server was configured with, which its log must never show.
+    pub secrets: Vec<String>,
     _owned_dir: Option<tempfile::TempDir>,
+    _canary_dir: Option<tempfile::TempDir>,
+}
+
+/// The canary secrets every server without a test's own configuration is started with.
+pub const CANARY_APP_SECRET: &str = "canary-app-secret-7f3a9c1e5b";
+pub const CANARY_VERIFY_TOKEN: &str = "canary-verify-token-2d8e4f6a0c";
+
+/// Every secret-looking value (`*secret*`, `*token*`, `*key*` fields of 8 characters or more) in a
+/// configuration file.
+fn configured_secrets(config: &Path) -> Vec<String> {
+    fn walk(v: &toml::Value, key: &str, out: &mut Vec<String>) {
+        match v {
+            toml::Value::String(s) if s.len() >= 8 && ["secret", "token", "key"].iter().any(|k| key.contains(k)) => out.push(s.clone()),
+            toml::Value::Table(t) => t.iter().for_each(|(k, v)| walk(v, k, out)),
+            toml::Value::Array(a) => a.iter().for_each(|v| walk(v, key, out)),
+            _ => {}
+        }
+    }
+    let text = std::fs::read_to_string(config).unwrap_or_default();
+    let mut out = Vec::new();
+    if let Ok(v) = text.parse::<toml::Value>() {
+        walk(&v, "", &mut out);
+    }
+    out
 }
 
 impl Server {
@@ -50,15 +76,48 @@ impl Server {
 
     /// Starts a server on an existing data directory (which the caller owns).
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Server {
+        Server::start_with_env(data_dir, extra, &[])
+    }
+
+    /// Starts a server with extra environment variables (`LEDGER_LOG` among them, to raise the
+    /// log level). Without a `--config` of the test's own it gets one holding canary channel
+    /// secrets; either way its log is checked for every configured secret and every bearer
+    /// token when it is dropped.
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let regions: &[&str] = if extra.contains(&"--regions") { &[] } else { &["--regions", "eu,us"] };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ledgerd"))
+        let mut canary_dir = None;
+        let config_path = match extra.iter().position(|a| *a == "--config") {
+            Some(i) => PathBuf::from(extra[i + 1]),
+            None => {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("canary.toml");
+                canary_dir = Some(dir);
+                std::fs::write(
+                    &path,
+                    format!(
+                        "[[connectors.whatsapp]]\nphone_number_id = \"100000000000001\"\napp_secret = \"{CANARY_APP_SECRET}\"\n\
+                         verify_token = \"{CANARY_VERIFY_TOKEN}\"\nregion = \"eu\"\n"
+                    ),
+                )
+                .unwrap();
+                path
+            }
+        };
+        let own_config: &[&str] = if extra.contains(&"--config") { &[] } else { &["--config", config_path.to_str().unwrap()] };
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ledgerd"));
+        command
             .args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
             .args(regions)
             .arg("--data-dir")
             .arg(data_dir)
+            .args(own_config)
             .args(extra)
             .env_remove("LEDGER_CONFIG")
-            .env("LEDGER_LOG", "info")
+            .env("LEDGER_LOG", "info");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -100,7 +159,22 @@ impl Server {
                 panic!("ledgerd not ready in time\n{}", logs.lock().unwrap());
             }
         };
-        Server { child, grpc_addr, http_addr, data_dir: data_dir.to_owned(), logs, _owned_dir: None }
+        let secrets = configured_secrets(&config_path);
+        Server { child, grpc_addr, http_addr, data_dir: data_dir.to_owned(), logs, secrets, _owned_dir: None, _canary_dir: canary_dir }
+    }
+
+    /// Panics if the log shows a configured secret or anything shaped like a bearer token.
+    pub fn assert_log_holds_no_secrets(&self) {
+        let logs = self.logs();
+        for secret in &self.secrets {
+            assert!(!logs.contains(secret.as_str()), "a configured secret appears in the server log");
+        }
+        if let Ok(admin) = std::fs::read_to_string(self.data_dir.join("admin.token")) {
+            assert!(!logs.contains(admin.trim()), "the admin token appears in the server log");
+        }
+        // Every token the server issues starts `ldg_` and carries 64 hex digits.
+        let leaked = logs.match_indices("ldg_").any(|(i, _)| logs[i + 4..].chars().take(16).filter(|c| c.is_ascii_hexdigit()).count() == 16);
+        assert!(!leaked, "a bearer token appears in the server log");
     }
 
     pub fn endpoint(&self) -> String {
@@ -150,10 +224,16 @@ impl Server {
         self.child.wait().unwrap()
     }
 
-    /// A plain HTTP/1.1 GET against the HTTP port: (status, body).
+    /// A plain HTTP/1.1 GET against the HTTP port, with the admin token: (status, body).
     pub fn http_get(&self, path: &str) -> (u16, String) {
+        self.http_get_as(path, Some(&self.admin_token()))
+    }
+
+    /// A plain HTTP/1.1 GET with `token` as its bearer (or none): (status, body).
+    pub fn http_get_as(&self, path: &str, token: Option<&str>) -> (u16, String) {
         let mut s = std::net::TcpStream::connect(&self.http_addr).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n").unwrap();
         let mut text = String::new();
         s.read_to_string(&mut text).unwrap();
         let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
@@ -170,6 +250,12 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Suite-wide: no test's server may have logged a secret. (Not while already panicking:
+        // that would abort and hide the first failure.)
+        if !std::thread::panicking() {
+            std::thread::sleep(Duration::from_millis(50)); // the log reader drains the last lines
+            self.assert_log_holds_no_secrets();
+        }
     }
 }
 

@@ -1,0 +1,262 @@
+//! Per-principal quotas: a token bucket of calls per second and a cap on calls open at once
+//! (a streaming call stays open until its last message is sent or the client goes away).
+//! A principal over either gets `RESOURCE_EXHAUSTED` at once, before its call reaches a
+//! service, so its flood costs the others no writer time.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use crate::config::{QuotaLimits as Limits, Quotas as Config};
+
+/// How often a principal's quota refusals are written to the access trail, at most.
+const RECORD_EVERY: Duration = Duration::from_secs(1);
+
+/// Every principal's account.
+#[derive(Debug)]
+pub struct Quotas {
+    config: Config,
+    accounts: Mutex<HashMap<String, Account>>,
+}
+
+#[derive(Debug)]
+struct Account {
+    limits: Limits,
+    tokens: f64,
+    event_tokens: f64,
+    refilled_at: Instant,
+    open: Arc<AtomicUsize>,
+    refused_unrecorded: u64,
+    recorded_at: Option<Instant>,
+}
+
+/// The verdict on one call.
+pub enum Admit {
+    /// Go ahead; the call is open while this lives.
+    Go(OpenCall),
+    /// Over `quota`; `record` is `Some(n)` when this refusal should be written to the trail,
+    /// standing for `n` refusals since the last record.
+    Refused {
+        /// `call rate` or `concurrent calls`.
+        quota: &'static str,
+        /// Whether to record, and how many refusals the record stands for.
+        record: Option<u64>,
+    },
+}
+
+/// One open call of a principal; closes on drop.
+pub struct OpenCall(Arc<AtomicUsize>);
+
+impl Drop for OpenCall {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Quotas {
+    /// Quotas of `config` for every principal.
+    pub fn new(config: Config) -> Self {
+        Quotas { config, accounts: Mutex::new(HashMap::new()) }
+    }
+
+    /// Admits or refuses a call of `principal` now.
+    pub fn admit(&self, principal: &str) -> Admit {
+        self.admit_at(principal, Instant::now())
+    }
+
+    /// Admits `events` appended events of `principal` now (its call was admitted), or refuses
+    /// them over its event rate: `Err(record)`, as in [`Admit::Refused`].
+    pub fn admit_events(&self, principal: &str, events: usize) -> Result<(), Option<u64>> {
+        self.admit_events_at(principal, events, Instant::now())
+    }
+
+    fn with_account<R>(&self, principal: &str, now: Instant, f: impl FnOnce(&mut Account) -> R) -> R {
+        let mut accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
+        if !accounts.contains_key(principal) {
+            let limits = self.config.for_principal(principal);
+            let fresh = Account {
+                limits,
+                tokens: limits.burst,
+                event_tokens: limits.event_burst,
+                refilled_at: now,
+                open: Arc::default(),
+                refused_unrecorded: 0,
+                recorded_at: None,
+            };
+            accounts.insert(principal.to_owned(), fresh);
+        }
+        let a = accounts.get_mut(principal).expect("inserted above");
+        let elapsed = now.saturating_duration_since(a.refilled_at).as_secs_f64();
+        a.tokens = (a.tokens + elapsed * a.limits.calls_per_second).min(a.limits.burst);
+        a.event_tokens = (a.event_tokens + elapsed * a.limits.events_per_second).min(a.limits.event_burst);
+        a.refilled_at = now;
+        f(a)
+    }
+
+    fn admit_at(&self, principal: &str, now: Instant) -> Admit {
+        self.with_account(principal, now, |a| {
+            let quota = if a.open.load(Ordering::Acquire) >= a.limits.concurrent_calls {
+                "concurrent calls"
+            } else if a.tokens < 1.0 {
+                "call rate"
+            } else {
+                a.tokens -= 1.0;
+                a.open.fetch_add(1, Ordering::AcqRel);
+                return Admit::Go(OpenCall(a.open.clone()));
+            };
+            Admit::Refused { quota, record: a.refuse(now) }
+        })
+    }
+
+    fn admit_events_at(&self, principal: &str, events: usize, now: Instant) -> Result<(), Option<u64>> {
+        self.with_account(principal, now, |a| {
+            // An append larger than the whole burst could never pass: it is held to the burst.
+            let cost = (events as f64).min(a.limits.event_burst);
+            if a.event_tokens >= cost {
+                a.event_tokens -= cost;
+                Ok(())
+            } else {
+                Err(a.refuse(now))
+            }
+        })
+    }
+}
+
+impl Account {
+    /// Counts a refusal; `Some(n)` when it is due a record standing for `n` refusals.
+    fn refuse(&mut self, now: Instant) -> Option<u64> {
+        self.refused_unrecorded += 1;
+        let due = self.recorded_at.is_none_or(|at| now.saturating_duration_since(at) >= RECORD_EVERY);
+        due.then(|| {
+            self.recorded_at = Some(now);
+            std::mem::take(&mut self.refused_unrecorded)
+        })
+    }
+}
+
+/// At most one record a second per key, each counting the events it stands for.
+#[derive(Default)]
+pub struct Coalesce {
+    keys: Mutex<HashMap<String, (Instant, u64)>>,
+}
+
+impl Coalesce {
+    /// Counts an event for `key`; `Some(n)` when it is due a record standing for `n` events.
+    pub fn due(&self, key: &str) -> Option<u64> {
+        let now = Instant::now();
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget quiet keys, so the table stays as small as the set of active offenders.
+        if keys.len() > 10_000 {
+            keys.retain(|_, (at, _)| now.saturating_duration_since(*at) < RECORD_EVERY);
+        }
+        match keys.get_mut(key) {
+            None => {
+                keys.insert(key.to_owned(), (now, 0));
+                Some(1)
+            }
+            Some((at, unrecorded)) => {
+                *unrecorded += 1;
+                (now.saturating_duration_since(*at) >= RECORD_EVERY).then(|| {
+                    *at = now;
+                    std::mem::take(unrecorded)
+                })
+            }
+        }
+    }
+}
+
+/// A response body that holds its call open until it ends or is dropped.
+pub struct Counted<B> {
+    body: B,
+    _open: OpenCall,
+}
+
+impl<B> Counted<B> {
+    /// `body`, holding `open`.
+    pub fn new(body: B, open: OpenCall) -> Self {
+        Counted { body, _open: open }
+    }
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for Counted<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quotas(rate: f64, burst: f64, concurrent: usize) -> Quotas {
+        Quotas::new(Config { calls_per_second: rate, burst, concurrent_calls: concurrent, ..Config::default() })
+    }
+
+    #[test]
+    fn events_are_metered_by_count_and_a_named_principal_has_its_own_figures() {
+        let mut config = Config { events_per_second: 100.0, event_burst: 300.0, ..Config::default() };
+        config.principal.push(crate::config::PrincipalQuota {
+            name: "import".into(),
+            calls_per_second: None,
+            burst: None,
+            concurrent_calls: None,
+            events_per_second: Some(1e6),
+            event_burst: Some(1e6),
+        });
+        let q = Quotas::new(config);
+        let t = Instant::now();
+        assert!(q.admit_events_at("svc", 200, t).is_ok());
+        assert_eq!(q.admit_events_at("svc", 200, t), Err(Some(1)));
+        // One second refills 100.
+        assert!(q.admit_events_at("svc", 200, t + Duration::from_secs(1)).is_ok());
+        for _ in 0..10 {
+            assert!(q.admit_events_at("import", 1000, t).is_ok());
+        }
+    }
+
+    #[test]
+    fn a_principal_over_its_rate_is_refused_and_others_are_not() {
+        let q = quotas(10.0, 1.0, 100);
+        let t0 = Instant::now();
+        assert!(matches!(q.admit_at("flood", t0), Admit::Go(_)));
+        assert!(matches!(q.admit_at("flood", t0), Admit::Refused { quota: "call rate", .. }));
+        assert!(matches!(q.admit_at("quiet", t0), Admit::Go(_)));
+        // 100 ms at 10 calls a second refills one call.
+        assert!(matches!(q.admit_at("flood", t0 + Duration::from_millis(100)), Admit::Go(_)));
+    }
+
+    #[test]
+    fn refusals_are_recorded_once_a_second_with_their_count() {
+        let q = quotas(1e-9, 2.0, 100);
+        let t0 = Instant::now();
+        let _calls = [q.admit_at("flood", t0), q.admit_at("flood", t0)];
+        assert!(matches!(q.admit_at("flood", t0), Admit::Refused { record: Some(1), .. }));
+        assert!(matches!(q.admit_at("flood", t0 + Duration::from_millis(10)), Admit::Refused { record: None, .. }));
+        assert!(matches!(q.admit_at("flood", t0 + Duration::from_millis(20)), Admit::Refused { record: None, .. }));
+        assert!(matches!(q.admit_at("flood", t0 + RECORD_EVERY), Admit::Refused { record: Some(3), .. }));
+    }
+
+    #[test]
+    fn open_calls_are_capped_until_they_close() {
+        let q = quotas(1e9, 1e9, 2);
+        let t = Instant::now();
+        let (Admit::Go(a), Admit::Go(_b)) = (q.admit_at("s", t), q.admit_at("s", t)) else { panic!() };
+        assert!(matches!(q.admit_at("s", t), Admit::Refused { quota: "concurrent calls", .. }));
+        drop(a);
+        assert!(matches!(q.admit_at("s", t), Admit::Go(_)));
+    }
+}
