@@ -39,6 +39,8 @@ pub struct Server {
     pub secrets: Vec<String>,
     _owned_dir: Option<tempfile::TempDir>,
     _canary_dir: Option<tempfile::TempDir>,
+    /// The thread copying the server's stderr into `logs`; it ends when the server exits.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 /// The canary secrets every server without a test's own configuration is started with.
@@ -127,10 +129,13 @@ impl Server {
         let logs = Arc::new(Mutex::new(String::new()));
         let (ready_tx, ready_rx) = mpsc::channel();
         let sink = logs.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             let mut ready_tx = Some(ready_tx);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                // Kept before readiness is signalled, so a test sees the ready line in the log.
+                sink.lock().unwrap().push_str(&line);
+                sink.lock().unwrap().push('\n');
                 if line.contains("ledger ready") {
                     if let Some(tx) = ready_tx.take() {
                         let _ = tx.send(Ok((field(&line, "grpc_addr="), field(&line, "http_addr="))));
@@ -141,8 +146,6 @@ impl Server {
                         let _ = tx.send(Err(line.clone()));
                     }
                 }
-                sink.lock().unwrap().push_str(&line);
-                sink.lock().unwrap().push('\n');
             }
             if let Some(tx) = ready_tx.take() {
                 let _ = tx.send(Err("ledgerd exited before it was ready".into()));
@@ -160,7 +163,7 @@ impl Server {
             }
         };
         let secrets = configured_secrets(&config_path);
-        Server { child, grpc_addr, http_addr, data_dir: data_dir.to_owned(), logs, secrets, _owned_dir: None, _canary_dir: canary_dir }
+        Server { child, grpc_addr, http_addr, data_dir: data_dir.to_owned(), logs, secrets, _owned_dir: None, _canary_dir: canary_dir, reader: Some(reader) }
     }
 
     /// Panics if the log shows a configured secret or anything shaped like a bearer token.
@@ -253,7 +256,10 @@ impl Drop for Server {
         // Suite-wide: no test's server may have logged a secret. (Not while already panicking:
         // that would abort and hide the first failure.)
         if !std::thread::panicking() {
-            std::thread::sleep(Duration::from_millis(50)); // the log reader drains the last lines
+            // The whole log: the reader ends at the exited server's end of file.
+            if let Some(reader) = self.reader.take() {
+                let _ = reader.join();
+            }
             self.assert_log_holds_no_secrets();
         }
     }
