@@ -430,6 +430,7 @@ where
                         let access = AccessRecord::granted(&principal.name, &action, &origin).param("refused_calls", refused);
                         record_refusal(&state.ledger, access, "RESOURCE_EXHAUSTED", Some(quota.to_owned())).await;
                     }
+                    tokio::time::sleep(crate::quota::REFUSAL_DELAY).await;
                     return Ok(status.into_http());
                 }
             };

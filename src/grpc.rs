@@ -201,6 +201,7 @@ impl Caller {
             let access = self.access(&self.action).param("refused_calls", refused);
             crate::auth::record_refusal(ledger, access, "RESOURCE_EXHAUSTED", Some("event rate".to_owned())).await;
         }
+        tokio::time::sleep(crate::quota::REFUSAL_DELAY).await;
         Err(Status::resource_exhausted(format!("{} is over its event rate quota; retry with backoff", p.name)))
     }
 
