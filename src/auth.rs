@@ -310,15 +310,16 @@ pub fn origin_of(extensions: &http::Extensions) -> String {
         .map_or_else(|| "unknown".into(), |a| a.to_string())
 }
 
-/// The verified client certificate of a mutual-TLS connection (DER, leaf), if there is one.
-fn client_certificate(extensions: &http::Extensions) -> Option<Vec<u8>> {
+/// The principal the verified client certificate of a mutual-TLS connection names, if the
+/// connection has one.
+fn certificate_principal(extensions: &http::Extensions) -> Option<Result<Principal, String>> {
     use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
     let certs = extensions.get::<TlsConnectInfo<TcpConnectInfo>>()?.peer_certs()?;
-    certs.first().map(|c| c.as_ref().to_vec())
+    certs.first().map(|leaf| crate::tls::principal_from_certificate(leaf.as_ref()))
 }
 
 /// The bearer token of a request, if it carries one.
-fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
     headers.get(http::header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
 }
 
@@ -336,14 +337,13 @@ struct AuthState {
     tokens: Arc<TokenStore>,
     ledger: Ledger,
     quotas: Arc<crate::quota::Quotas>,
-    refusals: crate::quota::Coalesce,
 }
 
 impl AuthLayer {
     /// A layer over `tokens` and client certificates, holding each principal to `quotas`, and
     /// recording refusals in `ledger`'s access trail.
     pub fn new(tokens: Arc<TokenStore>, ledger: Ledger, quotas: crate::config::Quotas) -> Self {
-        AuthLayer { state: Arc::new(AuthState { tokens, ledger, quotas: Arc::new(crate::quota::Quotas::new(quotas)), refusals: Default::default() }) }
+        AuthLayer { state: Arc::new(AuthState { tokens, ledger, quotas: Arc::new(crate::quota::Quotas::new(quotas)) }) }
     }
 }
 
@@ -384,20 +384,23 @@ where
         Box::pin(async move {
             let path = req.uri().path().to_owned();
             let action = path.trim_start_matches('/').to_owned();
-            let origin = origin_of(req.extensions());
             let access = access_for(&path);
             if access == Some(Access::Open) {
                 return inner.call(req).await;
             }
             // A bearer token, when sent, names the caller; otherwise a verified client certificate.
-            let principal = match (bearer(req.headers()), client_certificate(req.extensions())) {
-                (Some(token), _) => state.tokens.authenticate(token).map_err(|why| ("unauthenticated".to_owned(), why.as_str().to_owned())),
-                (None, Some(cert)) => crate::tls::principal_from_certificate(&cert).map_err(|why| ("unauthenticated".to_owned(), why)),
-                (None, None) => Err(("anonymous".to_owned(), "no credentials".to_owned())),
+            let principal = match bearer(req.headers()) {
+                Some(token) => state.tokens.authenticate(token).map_err(|why| ("unauthenticated".to_owned(), why.as_str().to_owned())),
+                None => match certificate_principal(req.extensions()) {
+                    Some(from_certificate) => from_certificate.map_err(|why| ("unauthenticated".to_owned(), why)),
+                    None => Err(("anonymous".to_owned(), "no credentials".to_owned())),
+                },
             };
             let principal = match principal {
                 Ok(p) => p,
                 Err((who, why)) => {
+                    // Only a refusal needs the origin; handlers take theirs from the request.
+                    let origin = origin_of(req.extensions());
                     let status = Status::unauthenticated(format!(
                         "{why}: send `authorization: Bearer <token>` or a client certificate (on a first start the server writes an admin token to <data_dir>/admin.token)"
                     ));
@@ -416,22 +419,15 @@ where
                     _ => "a method this server names".into(),
                 };
                 let status = Status::permission_denied(format!("{} may not call {action}: it needs {need}", principal.name));
+                let origin = origin_of(req.extensions());
                 let key = format!("{}|{}", principal.name, known(access, &action));
                 return Ok(refused(&state, &key, AccessRecord::granted(&principal.name, &action, &origin), "PERMISSION_DENIED", None, status).await);
             }
             let open = match state.quotas.admit(&principal.name) {
                 crate::quota::Admit::Go(open) => open,
-                crate::quota::Admit::Refused { quota, record } => {
-                    metrics::counter!("ledger_quota_refusals_total", "quota" => quota).increment(1);
-                    let status = Status::resource_exhausted(format!("{} is over its {quota} quota; retry with backoff", principal.name));
-                    // A flood must not become a flood of trail writes: one record per principal a
-                    // second, counting the refusals it stands for.
-                    if let Some(refused) = record {
-                        let access = AccessRecord::granted(&principal.name, &action, &origin).param("refused_calls", refused);
-                        record_refusal(&state.ledger, access, "RESOURCE_EXHAUSTED", Some(quota.to_owned())).await;
-                    }
-                    tokio::time::sleep(crate::quota::REFUSAL_DELAY).await;
-                    return Ok(status.into_http());
+                crate::quota::Admit::Refused(quota) => {
+                    let record = AccessRecord::granted(&principal.name, &action, &origin_of(req.extensions()));
+                    return Ok(over_quota(&state.ledger, &state.quotas, record, quota).await.into_http());
                 }
             };
             req.extensions_mut().insert(principal);
@@ -449,11 +445,29 @@ where
 /// at most once a second, the record counting them, so refusals cannot be turned into unbounded
 /// growth of the log.
 async fn refused(state: &AuthState, key: &str, record: AccessRecord, outcome: &str, reason: Option<String>, status: Status) -> http::Response<tonic::body::Body> {
-    match state.refusals.due(&format!("{outcome}|{key}")) {
-        Some(count) => record_refusal(&state.ledger, record.param("refused_calls", count), outcome, reason).await,
+    record_coalesced(&state.ledger, &state.quotas, key, record, outcome, reason).await;
+    status.into_http()
+}
+
+/// Records a refusal, coalesced with those alike (`key`): the first at once, then at most one a
+/// second counting the rest (`refused_calls`).
+async fn record_coalesced(ledger: &Ledger, quotas: &crate::quota::Quotas, key: &str, record: AccessRecord, outcome: &str, reason: Option<String>) {
+    match quotas.refusals.due(&format!("{outcome}|{key}")) {
+        Some(count) => record_refusal(ledger, record.param("refused_calls", count), outcome, reason).await,
         None => metrics::counter!("ledger_auth_refusals_total", "outcome" => outcome.to_owned()).increment(1),
     }
-    status.into_http()
+}
+
+/// The answer to a call of `record`'s principal over its `quota`: the refusal recorded (a flood
+/// must not become a flood of trail writes, so coalesced per principal and quota), then held for
+/// [`crate::quota::REFUSAL_DELAY`], then `RESOURCE_EXHAUSTED`.
+pub async fn over_quota(ledger: &Ledger, quotas: &crate::quota::Quotas, record: AccessRecord, quota: &'static str) -> Status {
+    metrics::counter!("ledger_quota_refusals_total", "quota" => quota).increment(1);
+    let status = Status::resource_exhausted(format!("{} is over its {quota} quota; retry with backoff", record.principal));
+    let key = format!("{}|{quota}", record.principal);
+    record_coalesced(ledger, quotas, &key, record, "RESOURCE_EXHAUSTED", Some(quota.to_owned())).await;
+    tokio::time::sleep(crate::quota::REFUSAL_DELAY).await;
+    status
 }
 
 /// The client's address without its port.

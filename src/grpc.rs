@@ -195,14 +195,10 @@ impl Caller {
     /// refused with `RESOURCE_EXHAUSTED` (recorded at most once a second, counting).
     pub(crate) async fn spend_events(&self, ledger: &Ledger, events: usize) -> Result<(), Status> {
         let (Some(quotas), Some(p)) = (&self.quotas, &self.principal) else { return Ok(()) };
-        let Err(record) = quotas.admit_events(&p.name, events) else { return Ok(()) };
-        metrics::counter!("ledger_quota_refusals_total", "quota" => "event rate").increment(1);
-        if let Some(refused) = record {
-            let access = self.access(&self.action).param("refused_calls", refused);
-            crate::auth::record_refusal(ledger, access, "RESOURCE_EXHAUSTED", Some("event rate".to_owned())).await;
+        if quotas.admit_events(&p.name, events) {
+            return Ok(());
         }
-        tokio::time::sleep(crate::quota::REFUSAL_DELAY).await;
-        Err(Status::resource_exhausted(format!("{} is over its event rate quota; retry with backoff", p.name)))
+        Err(crate::auth::over_quota(ledger, quotas, self.access(&self.action), "event rate").await)
     }
 
     fn name(&self) -> &str {

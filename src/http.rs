@@ -46,8 +46,7 @@ async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
 
 async fn metrics_text(State(s): State<AppState>, headers: axum::http::HeaderMap) -> Result<String, (StatusCode, &'static str)> {
     use crate::auth::Role;
-    let token = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    match token.map(|t| s.tokens.authenticate(t.trim())) {
+    match crate::auth::bearer(&headers).map(|t| s.tokens.authenticate(t)) {
         None => return Err((StatusCode::UNAUTHORIZED, "send `authorization: Bearer <token>` of an admin or auditor\n")),
         Some(Err(_)) => return Err((StatusCode::UNAUTHORIZED, "unknown, expired or revoked token\n")),
         Some(Ok(p)) if !p.has_any(&[Role::Admin, Role::Auditor]) => return Err((StatusCode::FORBIDDEN, "metrics need the admin or auditor role\n")),

@@ -21,11 +21,14 @@ const RECORD_EVERY: Duration = Duration::from_secs(1);
 /// them; the wait is a timer, no thread. A client that backs off loses nothing it would use.
 pub const REFUSAL_DELAY: Duration = Duration::from_millis(100);
 
-/// Every principal's account.
+/// Every principal's account, and the coalescing of every refusal record (quota,
+/// authentication, role) the server writes.
 #[derive(Debug)]
 pub struct Quotas {
     config: Config,
     accounts: Mutex<HashMap<String, Account>>,
+    /// Refusal records, at most one a second per key.
+    pub refusals: Coalesce,
 }
 
 #[derive(Debug)]
@@ -35,22 +38,14 @@ struct Account {
     event_tokens: f64,
     refilled_at: Instant,
     open: Arc<AtomicUsize>,
-    refused_unrecorded: u64,
-    recorded_at: Option<Instant>,
 }
 
 /// The verdict on one call.
 pub enum Admit {
     /// Go ahead; the call is open while this lives.
     Go(OpenCall),
-    /// Over `quota`; `record` is `Some(n)` when this refusal should be written to the trail,
-    /// standing for `n` refusals since the last record.
-    Refused {
-        /// `call rate` or `concurrent calls`.
-        quota: &'static str,
-        /// Whether to record, and how many refusals the record stands for.
-        record: Option<u64>,
-    },
+    /// Over this quota: `call rate` or `concurrent calls`.
+    Refused(&'static str),
 }
 
 /// One open call of a principal; closes on drop.
@@ -65,7 +60,7 @@ impl Drop for OpenCall {
 impl Quotas {
     /// Quotas of `config` for every principal.
     pub fn new(config: Config) -> Self {
-        Quotas { config, accounts: Mutex::new(HashMap::new()) }
+        Quotas { config, accounts: Mutex::new(HashMap::new()), refusals: Coalesce::default() }
     }
 
     /// Admits or refuses a call of `principal` now.
@@ -73,9 +68,9 @@ impl Quotas {
         self.admit_at(principal, Instant::now())
     }
 
-    /// Admits `events` appended events of `principal` now (its call was admitted), or refuses
-    /// them over its event rate: `Err(record)`, as in [`Admit::Refused`].
-    pub fn admit_events(&self, principal: &str, events: usize) -> Result<(), Option<u64>> {
+    /// Admits `events` appended events of `principal` now (its call was admitted); false over
+    /// its event rate.
+    pub fn admit_events(&self, principal: &str, events: usize) -> bool {
         self.admit_events_at(principal, events, Instant::now())
     }
 
@@ -89,8 +84,6 @@ impl Quotas {
                 event_tokens: limits.event_burst,
                 refilled_at: now,
                 open: Arc::default(),
-                refused_unrecorded: 0,
-                recorded_at: None,
             };
             accounts.insert(principal.to_owned(), fresh);
         }
@@ -113,38 +106,25 @@ impl Quotas {
                 a.open.fetch_add(1, Ordering::AcqRel);
                 return Admit::Go(OpenCall(a.open.clone()));
             };
-            Admit::Refused { quota, record: a.refuse(now) }
+            Admit::Refused(quota)
         })
     }
 
-    fn admit_events_at(&self, principal: &str, events: usize, now: Instant) -> Result<(), Option<u64>> {
+    fn admit_events_at(&self, principal: &str, events: usize, now: Instant) -> bool {
         self.with_account(principal, now, |a| {
             // An append larger than the whole burst could never pass: it is held to the burst.
             let cost = (events as f64).min(a.limits.event_burst);
-            if a.event_tokens >= cost {
+            let admitted = a.event_tokens >= cost;
+            if admitted {
                 a.event_tokens -= cost;
-                Ok(())
-            } else {
-                Err(a.refuse(now))
             }
-        })
-    }
-}
-
-impl Account {
-    /// Counts a refusal; `Some(n)` when it is due a record standing for `n` refusals.
-    fn refuse(&mut self, now: Instant) -> Option<u64> {
-        self.refused_unrecorded += 1;
-        let due = self.recorded_at.is_none_or(|at| now.saturating_duration_since(at) >= RECORD_EVERY);
-        due.then(|| {
-            self.recorded_at = Some(now);
-            std::mem::take(&mut self.refused_unrecorded)
+            admitted
         })
     }
 }
 
 /// At most one record a second per key, each counting the events it stands for.
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub struct Coalesce {
     keys: Mutex<HashMap<String, (Instant, u64)>>,
 }
@@ -152,7 +132,10 @@ pub struct Coalesce {
 impl Coalesce {
     /// Counts an event for `key`; `Some(n)` when it is due a record standing for `n` events.
     pub fn due(&self, key: &str) -> Option<u64> {
-        let now = Instant::now();
+        self.due_at(key, Instant::now())
+    }
+
+    fn due_at(&self, key: &str, now: Instant) -> Option<u64> {
         let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
         // Forget quiet keys, so the table stays as small as the set of active offenders.
         if keys.len() > 10_000 {
@@ -225,12 +208,12 @@ mod tests {
         });
         let q = Quotas::new(config);
         let t = Instant::now();
-        assert!(q.admit_events_at("svc", 200, t).is_ok());
-        assert_eq!(q.admit_events_at("svc", 200, t), Err(Some(1)));
+        assert!(q.admit_events_at("svc", 200, t));
+        assert!(!q.admit_events_at("svc", 200, t));
         // One second refills 100.
-        assert!(q.admit_events_at("svc", 200, t + Duration::from_secs(1)).is_ok());
+        assert!(q.admit_events_at("svc", 200, t + Duration::from_secs(1)));
         for _ in 0..10 {
-            assert!(q.admit_events_at("import", 1000, t).is_ok());
+            assert!(q.admit_events_at("import", 1000, t));
         }
     }
 
@@ -239,7 +222,7 @@ mod tests {
         let q = quotas(10.0, 1.0, 100);
         let t0 = Instant::now();
         assert!(matches!(q.admit_at("flood", t0), Admit::Go(_)));
-        assert!(matches!(q.admit_at("flood", t0), Admit::Refused { quota: "call rate", .. }));
+        assert!(matches!(q.admit_at("flood", t0), Admit::Refused("call rate")));
         assert!(matches!(q.admit_at("quiet", t0), Admit::Go(_)));
         // 100 ms at 10 calls a second refills one call.
         assert!(matches!(q.admit_at("flood", t0 + Duration::from_millis(100)), Admit::Go(_)));
@@ -247,13 +230,13 @@ mod tests {
 
     #[test]
     fn refusals_are_recorded_once_a_second_with_their_count() {
-        let q = quotas(1e-9, 2.0, 100);
+        let c = Coalesce::default();
         let t0 = Instant::now();
-        let _calls = [q.admit_at("flood", t0), q.admit_at("flood", t0)];
-        assert!(matches!(q.admit_at("flood", t0), Admit::Refused { record: Some(1), .. }));
-        assert!(matches!(q.admit_at("flood", t0 + Duration::from_millis(10)), Admit::Refused { record: None, .. }));
-        assert!(matches!(q.admit_at("flood", t0 + Duration::from_millis(20)), Admit::Refused { record: None, .. }));
-        assert!(matches!(q.admit_at("flood", t0 + RECORD_EVERY), Admit::Refused { record: Some(3), .. }));
+        assert_eq!(c.due_at("flood", t0), Some(1));
+        assert_eq!(c.due_at("flood", t0 + Duration::from_millis(10)), None);
+        assert_eq!(c.due_at("flood", t0 + Duration::from_millis(20)), None);
+        assert_eq!(c.due_at("quiet", t0 + Duration::from_millis(20)), Some(1));
+        assert_eq!(c.due_at("flood", t0 + RECORD_EVERY), Some(3));
     }
 
     #[test]
@@ -261,7 +244,7 @@ mod tests {
         let q = quotas(1e9, 1e9, 2);
         let t = Instant::now();
         let (Admit::Go(a), Admit::Go(_b)) = (q.admit_at("s", t), q.admit_at("s", t)) else { panic!() };
-        assert!(matches!(q.admit_at("s", t), Admit::Refused { quota: "concurrent calls", .. }));
+        assert!(matches!(q.admit_at("s", t), Admit::Refused("concurrent calls")));
         drop(a);
         assert!(matches!(q.admit_at("s", t), Admit::Go(_)));
     }

@@ -27,16 +27,14 @@ use crate::config::TlsConfig;
 /// The gRPC port's TLS acceptor: the server's identity and, if configured, the client CA (and
 /// its revocation lists) that client certificates are verified against.
 pub fn grpc(config: &TlsConfig) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().context("TLS protocol versions")?;
-    let builder = match &config.client_ca {
-        None => builder.with_no_client_auth(),
+    let verifier = match &config.client_ca {
+        None => None,
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
             for cert in certificates(ca)? {
                 roots.add(cert).with_context(|| format!("tls.client_ca {}: not a usable CA certificate", ca.display()))?;
             }
-            let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
             if !config.require_client_cert {
                 verifier = verifier.allow_unauthenticated();
             }
@@ -47,25 +45,36 @@ pub fn grpc(config: &TlsConfig) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
                     .with_context(|| format!("parsing tls.client_crl {}", crl.display()))?;
                 verifier = verifier.with_crls(crls);
             }
-            builder.with_client_cert_verifier(verifier.build().context("building the client certificate verifier")?)
+            Some(verifier.build().context("building the client certificate verifier")?)
         }
     };
-    let mut server = builder.with_single_cert(certificates(&config.cert)?, private_key(&config.key)?).context("the TLS certificate and key do not match")?;
-    server.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
+    acceptor(config, verifier, &[b"h2"])
 }
 
 /// The HTTP port's TLS acceptor (no client certificates: webhooks authenticate by signature,
 /// `/metrics` by bearer token).
 pub fn http(config: &TlsConfig) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut server = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_no_client_auth()
-        .with_single_cert(certificates(&config.cert)?, private_key(&config.key)?)
-        .context("the TLS certificate and key do not match")?;
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    acceptor(config, None, &[b"h2", b"http/1.1"])
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// An acceptor serving `config`'s certificate, verifying client certificates with `verifier`
+/// (if any), offering `alpn`.
+fn acceptor(
+    config: &TlsConfig,
+    verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    alpn: &[&[u8]],
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions().context("TLS protocol versions")?;
+    let builder = match verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut server = builder.with_single_cert(certificates(&config.cert)?, private_key(&config.key)?).context("the TLS certificate and key do not match")?;
+    server.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
 }
 

@@ -21,10 +21,9 @@ const ERASURE_SECRET: &str = "canary-erasure-downstream-secret-8c9d";
 const CRM_SECRET: &str = "canary-crm-webhook-secret-0e1f";
 const NUMBER: &str = "106540352242922";
 
-fn whatsapp_body(wamid: &str) -> String {
-    format!(
-        r#"{{"object":"whatsapp_business_account","entry":[{{"id":"1","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"15550001111","phone_number_id":"{NUMBER}"}},"contacts":[{{"profile":{{"name":"Ana"}},"wa_id":"5511987654321"}}],"messages":[{{"from":"5511987654321","id":"{wamid}","timestamp":"1700000000","type":"text","text":{{"body":"hello"}}}}]}}}}]}}]}}"#
-    )
+/// The provider's sample inbound message (its `phone_number_id` is `NUMBER`).
+fn whatsapp_body() -> String {
+    std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/channels/whatsapp-inbound-text.json")).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,8 +73,8 @@ async fn canary_secrets_and_tokens_appear_in_no_log_metric_or_error() {
     let (status, body) = server.http_get_as("/webhooks/whatsapp?hub.mode=subscribe&hub.verify_token=wrong&hub.challenge=1", None);
     assert_eq!(status, 403);
     errors.push(body);
-    post_whatsapp_signed(&server, APP_SECRET, &whatsapp_body("wamid.canary1"));
-    let bad = http_post(&server, "/webhooks/whatsapp", &[("X-Hub-Signature-256", format!("sha256={}", "00".repeat(32)))], &whatsapp_body("wamid.canary2"));
+    post_whatsapp_signed(&server, APP_SECRET, &whatsapp_body());
+    let bad = http_post(&server, "/webhooks/whatsapp", &[("X-Hub-Signature-256", format!("sha256={}", "00".repeat(32)))], &whatsapp_body());
     assert_eq!(bad, 401);
 
     // An erasure whose downstream delivery fails (nothing listens there) until it is a dead letter.
