@@ -212,6 +212,10 @@ pub enum TokensCommand {
         /// Lifetime in seconds [default: no expiry].
         #[arg(long, default_value_t = 0)]
         ttl_seconds: u64,
+        /// Write the token to this file (0600) instead of standard output, so it never shows in
+        /// a terminal or a captured log.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
     },
     /// Revoke a token by its public id (from `create` or `list`).
     Revoke {
@@ -232,12 +236,22 @@ pub enum TokensCommand {
 /// Runs `ledgerd tokens ...`.
 pub async fn tokens(cmd: TokensCommand) -> anyhow::Result<()> {
     match cmd {
-        TokensCommand::Create { target, principal, roles, regions, ttl_seconds } => {
+        TokensCommand::Create { target, principal, roles, regions, ttl_seconds, out } => {
             let mut admin = pb::admin_client::AdminClient::new(crate::client::connect(&target).await?);
             let r = admin.create_token(pb::CreateTokenRequest { principal, roles, regions, ttl_seconds }).await.map_err(fail)?.into_inner();
             let id = r.info.map(|i| i.id).unwrap_or_default();
-            eprintln!("token {id} created; it is shown once, here:");
-            println!("{}", r.token);
+            // The token exists only here: the server keeps its hash. It goes where the operator
+            // asked, once, and nowhere else.
+            match out {
+                Some(path) => {
+                    crate::auth::write_private(&path, format!("{}\n", r.token).as_bytes())?;
+                    eprintln!("token {id} created and written to {} (0600)", path.display());
+                }
+                None => {
+                    eprintln!("token {id} created; it is shown once, here:");
+                    println!("{}", r.token);
+                }
+            }
         }
         TokensCommand::Revoke { target, id } => {
             let mut admin = pb::admin_client::AdminClient::new(crate::client::connect(&target).await?);

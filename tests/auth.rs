@@ -229,3 +229,20 @@ fn the_first_start_writes_a_private_admin_token_and_plaintext_beyond_loopback_is
     assert!(!o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("refusing to serve plaintext grpc"), "{}", text(&o));
 }
+
+#[test]
+fn the_cli_creates_a_token_into_a_private_file_without_printing_it() {
+    let server = Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reader.token");
+    let o = server.cli(&["tokens", "create", "--principal", "crm-sync", "--roles", "reader", "--regions", "eu", "--out", path.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains("ldg_"), "the token is not printed: {}", text(&o));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    let token = std::fs::read_to_string(&path).unwrap().trim().to_owned();
+    // A reader's token is valid (not 401) but may not read metrics (403).
+    assert_eq!(server.http_get_as("/metrics", Some(&token)).0, 403);
+    let o = server.cli(&["tokens", "list"]);
+    assert!(text(&o).contains("crm-sync roles=reader regions=eu active") && !text(&o).contains(&token), "{}", text(&o));
+}
