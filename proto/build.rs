@@ -8,6 +8,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.protoc_executable(protoc);
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
+        // Malformed bodies are the caller's error (INVALID_ARGUMENT), not INTERNAL as prost's
+        // own codec says.
+        .codec_path("crate::codec::ApiCodec")
         .file_descriptor_set_path(out_dir.join("ledger_v1_descriptor.bin"))
         .compile_with_config(
             config,

@@ -3,8 +3,8 @@
 # dependencies leaves a new variant of each affected library (and every build new test binaries)
 # beside the old ones, and cargo never deletes any: the directory grew to 70 GB in a week.
 #
-# Live artifacts are what cargo itself reports for the two builds the README's commands make (the
-# workspace tests and `ledgerd`): it is asked with --message-format=json, which is a no-op when
+# Live artifacts are what cargo itself reports for the three builds the README's commands make (the
+# workspace tests, `ledgerd`, and the clippy check of `scripts/test.sh`): it is asked with --message-format=json, which is a no-op when
 # both are fresh. Everything else under release/deps and release/build is deleted. Incremental
 # caches unused for two days go too.
 set -euo pipefail
@@ -18,6 +18,9 @@ trap 'rm -f "$live"' EXIT
 # If either query fails (a build error), prune nothing: a partial list would delete live files.
 cargo test --release --workspace --no-run --message-format=json >"$live" 2>/dev/null || { echo "prune-target: skipped (the test build is not clean)"; exit 0; }
 cargo build --release --bin ledgerd --message-format=json >>"$live" 2>/dev/null || { echo "prune-target: skipped (the ledgerd build is not clean)"; exit 0; }
+# shellcheck source=scripts/clippy-args.sh
+. scripts/clippy-args.sh
+cargo clippy "${CLIPPY_ARGS[@]}" --message-format=json >>"$live" 2>/dev/null || { echo "prune-target: skipped (the clippy check is not clean)"; exit 0; }
 python3 - "$live" "$release" <<'PY'
 import json, os, re, shutil, sys
 live, release = sys.argv[1], sys.argv[2]

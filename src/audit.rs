@@ -216,8 +216,8 @@ impl pb::audit_server::Audit for AuditService {
         let views = self.views.clone();
         let entries = blocking(move || {
             // Bring the view up to date first, so the trail includes every committed record.
-            views.catch_up(&projections::AuditView).map_err(|e| ledger::LedgerError::Integrity(e.to_string()))?;
-            projections::AuditView::trail(views.db(), customer).map_err(|e| ledger::LedgerError::Integrity(e.to_string()))
+            views.catch_up(&projections::AuditView).map_err(crate::views::view_error)?;
+            projections::AuditView::trail(views.db(), customer).map_err(crate::views::view_error)
         })
         .await?;
         Ok(Response::new(pb::GetCustomerAuditTrailResponse {

@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use ledger::access::AccessRecord;
 use ledger::secret::Secret;
 use ledger::types::UnixMillis;
-use ledger::Ledger;
+use ledger::{ErrorCode, Ledger};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -269,6 +269,8 @@ impl TokenStore {
 }
 
 /// Writes `bytes` to `path` (0600) through a synced temporary file and a rename.
+/// Blocking (fsyncs): callers run it on a blocking thread.
+#[allow(clippy::disallowed_methods)]
 pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -401,11 +403,11 @@ where
                 Err((who, why)) => {
                     // Only a refusal needs the origin; handlers take theirs from the request.
                     let origin = origin_of(req.extensions());
-                    let status = Status::unauthenticated(format!(
+                    let status = ErrorCode::Unauthenticated.status(format!(
                         "{why}: send `authorization: Bearer <token>` or a client certificate (on a first start the server writes an admin token to <data_dir>/admin.token)"
                     ));
                     let key = format!("{}|{why}|{}", ip_of(&origin), known(access, &action));
-                    return Ok(refused(&state, &key, AccessRecord::granted(&who, &action, &origin), "UNAUTHENTICATED", Some(why), status).await);
+                    return Ok(refused(&state, &key, AccessRecord::granted(&who, &action, &origin), ErrorCode::Unauthenticated, Some(why), status).await);
                 }
             };
             let allowed = match access {
@@ -418,10 +420,10 @@ where
                     Some(Access::Roles(roles)) => roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(" or "),
                     _ => "a method this server names".into(),
                 };
-                let status = Status::permission_denied(format!("{} may not call {action}: it needs {need}", principal.name));
+                let status = ErrorCode::PermissionDenied.status(format!("{} may not call {action}: it needs {need}", principal.name));
                 let origin = origin_of(req.extensions());
                 let key = format!("{}|{}", principal.name, known(access, &action));
-                return Ok(refused(&state, &key, AccessRecord::granted(&principal.name, &action, &origin), "PERMISSION_DENIED", None, status).await);
+                return Ok(refused(&state, &key, AccessRecord::granted(&principal.name, &action, &origin), ErrorCode::PermissionDenied, None, status).await);
             }
             let open = match state.quotas.admit(&principal.name) {
                 crate::quota::Admit::Go(open) => open,
@@ -434,27 +436,40 @@ where
             req.extensions_mut().insert(Method(action));
             req.extensions_mut().insert(state.quotas.clone());
             // The call counts as open until its response body (a stream, perhaps) is finished.
-            let response = inner.call(req).await?;
+            let mut response = inner.call(req).await?;
+            with_registry_code(response.headers_mut());
             Ok(response.map(|body| tonic::body::Body::new(crate::quota::Counted::new(body, open))))
         })
     }
+}
+
+/// Gives a refusal that tonic answered by itself before any handler ran (a body over the size
+/// limit, a timeout, a method no service has) the registry code of its gRPC status, so every
+/// refusal carries one. Our handlers' refusals already do and are left alone.
+fn with_registry_code(headers: &mut http::HeaderMap) {
+    let Some(grpc) = headers.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i32>().ok()) else { return };
+    if grpc == 0 || headers.contains_key(proto::codes::METADATA_KEY) {
+        return;
+    }
+    let code = ErrorCode::for_grpc_code(tonic::Code::from_i32(grpc));
+    headers.insert(proto::codes::METADATA_KEY, http::HeaderValue::from_static(code.as_str()));
 }
 
 /// Records a refused call (no personal data: principal, method, origin, outcome) and answers it.
 /// Refusals alike (`key`: the same client address or principal, reason and method) are recorded
 /// at most once a second, the record counting them, so refusals cannot be turned into unbounded
 /// growth of the log.
-async fn refused(state: &AuthState, key: &str, record: AccessRecord, outcome: &str, reason: Option<String>, status: Status) -> http::Response<tonic::body::Body> {
+async fn refused(state: &AuthState, key: &str, record: AccessRecord, outcome: ErrorCode, reason: Option<String>, status: Status) -> http::Response<tonic::body::Body> {
     record_coalesced(&state.ledger, &state.quotas, key, record, outcome, reason).await;
     status.into_http()
 }
 
 /// Records a refusal, coalesced with those alike (`key`): the first at once, then at most one a
 /// second counting the rest (`refused_calls`).
-async fn record_coalesced(ledger: &Ledger, quotas: &crate::quota::Quotas, key: &str, record: AccessRecord, outcome: &str, reason: Option<String>) {
+async fn record_coalesced(ledger: &Ledger, quotas: &crate::quota::Quotas, key: &str, record: AccessRecord, outcome: ErrorCode, reason: Option<String>) {
     match quotas.refusals.due(&format!("{outcome}|{key}")) {
         Some(count) => record_refusal(ledger, record.param("refused_calls", count), outcome, reason).await,
-        None => metrics::counter!("ledger_auth_refusals_total", "outcome" => outcome.to_owned()).increment(1),
+        None => metrics::counter!("ledger_auth_refusals_total", "outcome" => outcome.as_str()).increment(1),
     }
 }
 
@@ -463,9 +478,9 @@ async fn record_coalesced(ledger: &Ledger, quotas: &crate::quota::Quotas, key: &
 /// [`crate::quota::REFUSAL_DELAY`], then `RESOURCE_EXHAUSTED`.
 pub async fn over_quota(ledger: &Ledger, quotas: &crate::quota::Quotas, record: AccessRecord, quota: &'static str) -> Status {
     metrics::counter!("ledger_quota_refusals_total", "quota" => quota).increment(1);
-    let status = Status::resource_exhausted(format!("{} is over its {quota} quota; retry with backoff", record.principal));
+    let status = ErrorCode::QuotaExceeded.status(format!("{} is over its {quota} quota; retry with backoff", record.principal));
     let key = format!("{}|{quota}", record.principal);
-    record_coalesced(ledger, quotas, &key, record, "RESOURCE_EXHAUSTED", Some(quota.to_owned())).await;
+    record_coalesced(ledger, quotas, &key, record, ErrorCode::QuotaExceeded, Some(quota.to_owned())).await;
     tokio::time::sleep(crate::quota::REFUSAL_DELAY).await;
     status
 }
@@ -483,12 +498,12 @@ fn known<'a>(access: Option<Access>, action: &'a str) -> &'a str {
 
 /// Appends the access record of a refusal with `outcome` (and why, when the caller may not be
 /// told). A trail that cannot be written is logged; the call is refused either way.
-pub async fn record_refusal(ledger: &Ledger, mut record: AccessRecord, outcome: &str, reason: Option<String>) {
-    record.outcome = outcome.to_owned();
+pub async fn record_refusal(ledger: &Ledger, mut record: AccessRecord, outcome: ErrorCode, reason: Option<String>) {
+    record.outcome = outcome.as_str().to_owned();
     if let Some(reason) = reason {
         record = record.param("reason", reason);
     }
-    metrics::counter!("ledger_auth_refusals_total", "outcome" => outcome.to_owned()).increment(1);
+    metrics::counter!("ledger_auth_refusals_total", "outcome" => outcome.as_str()).increment(1);
     if let Err(e) = ledger.record_access(&record).await {
         tracing::warn!(action = %record.action, error = %e, "access record of a refused call could not be written");
     }

@@ -61,6 +61,10 @@ pub struct ServeArgs {
     /// Refuse gRPC connections without a client certificate (bearer tokens then need one too).
     #[arg(long, env = "LEDGER_TLS_REQUIRE_CLIENT_CERT")]
     pub tls_require_client_cert: bool,
+    /// Test-only fault injection: the writer thread panics when it stages an append to this
+    /// stream, to test that a dead writer makes the node unready. Hidden; never in production.
+    #[arg(long, hide = true)]
+    pub inject_writer_panic_on_stream: Option<String>,
 }
 
 /// Flags override the file's `[tls]` field by field; a key without a certificate (or the
@@ -338,6 +342,7 @@ impl ServeConfig {
         if log_format != "text" && log_format != "json" {
             bail!("invalid log_format: expected text or json");
         }
+        file.limits.validate().map_err(|e| anyhow::anyhow!(e))?;
         let ledger = LedgerConfig {
             data_dir,
             keyring_path: args.keyring.clone().or(file.keyring),
@@ -347,6 +352,8 @@ impl ServeConfig {
             tuning: file.tuning,
             startup_check: args.startup_check.or(file.startup_check).unwrap_or(StartupCheck::Quick),
             origin: args.origin.clone().or(file.origin),
+            hooks: Default::default(),
+            writer_panic_on_stream: args.inject_writer_panic_on_stream.clone(),
         };
         if let Some(origin) = &ledger.origin {
             if origin.is_empty() || origin.contains(char::is_whitespace) || origin.contains('+') {

@@ -26,26 +26,10 @@ pub fn status(e: LedgerError) -> Status {
     s
 }
 
-/// A status for a stable error code (the one mapping of `ErrorCode` to `tonic::Code`), with the
-/// code in `ledger-error-code` metadata. Used for the other crates' errors too.
+/// A status for a stable error code (mapped to `tonic::Code` by the registry), with the code in
+/// `ledger-error-code` metadata. Used for the other crates' errors too.
 pub(crate) fn coded_status(code: ErrorCode, message: String) -> Status {
-    let grpc = match code {
-        ErrorCode::InvalidArgument | ErrorCode::LimitExceeded => tonic::Code::InvalidArgument,
-        ErrorCode::WrongExpectedVersion
-        | ErrorCode::RegionNotServed
-        | ErrorCode::RegionMismatch
-        | ErrorCode::CustomerErased
-        | ErrorCode::WhatsAppWindowClosed => tonic::Code::FailedPrecondition,
-        ErrorCode::DuplicateEventId => tonic::Code::AlreadyExists,
-        ErrorCode::NotFound => tonic::Code::NotFound,
-        ErrorCode::OutOfRange => tonic::Code::OutOfRange,
-        ErrorCode::IntegrityViolation => tonic::Code::DataLoss,
-        ErrorCode::StorePoisoned | ErrorCode::Unavailable => tonic::Code::Unavailable,
-        ErrorCode::Internal => tonic::Code::Internal,
-    };
-    let mut s = Status::new(grpc, message);
-    s.metadata_mut().insert("ledger-error-code", code.as_str().parse().expect("ascii code"));
-    s
+    code.status(message)
 }
 
 fn channel_from_pb(value: i32, field: &'static str) -> Result<Channel, LedgerError> {
@@ -216,7 +200,7 @@ impl Caller {
         if self.principal.as_ref().is_some_and(|p| p.may(region)) {
             return Ok(());
         }
-        Err(self.out_of_scope(ledger, "region", region).await)
+        Err(self.out_of_scope(ledger, "region", region, None).await)
     }
 
     /// Refuses (and records) a caller scoped to some regions only: for calls that reach every
@@ -225,7 +209,22 @@ impl Caller {
         if self.principal.as_ref().is_some_and(|p| !p.scoped()) {
             return Ok(());
         }
-        Err(self.out_of_scope(ledger, "region", "every region").await)
+        Err(self.out_of_scope(ledger, "region", "every region", None).await)
+    }
+
+    /// Whether `other`'s scope lies inside this caller's: an unscoped caller covers everyone, a
+    /// scoped one only principals scoped to some of its own regions (never an unscoped one).
+    pub(crate) fn covers(&self, other: &Principal) -> bool {
+        match (&self.principal, &other.regions) {
+            (Some(p), _) if !p.scoped() => true,
+            (Some(p), Some(regions)) => regions.iter().all(|r| p.may(r)),
+            _ => false,
+        }
+    }
+
+    /// Refuses (and records) a call on something outside the caller's scope, named by `param`.
+    pub(crate) async fn refuse_scope(&self, ledger: &Ledger, param: &str, value: &str) -> Status {
+        self.out_of_scope(ledger, param, value, None).await
     }
 
     /// Refuses (and records) a caller not scoped to `customer`'s region. An unknown customer
@@ -234,10 +233,17 @@ impl Caller {
         if self.principal.as_ref().is_some_and(|p| !p.scoped()) {
             return Ok(());
         }
+        // The global system customer's streams (erasure requests and certificates, records of
+        // whole-log reads) name customers of every region: unscoped principals only.
+        if customer == ledger::access::SYSTEM_CUSTOMER {
+            return self.may_all_regions(ledger).await;
+        }
         match ledger.customer_region(customer) {
-            Ok(region) => self.may_region(ledger, region.as_str()).await,
+            Ok(region) if self.principal.as_ref().is_some_and(|p| p.may(region.as_str())) => Ok(()),
+            // The refusal names the customer (an id, not personal data), so its trail shows it.
+            Ok(region) => Err(self.out_of_scope(ledger, "region", region.as_str(), Some(customer)).await),
             Err(LedgerError::NotFound { .. }) if self.principal.is_some() => Ok(()),
-            Err(LedgerError::NotFound { .. }) => Err(self.out_of_scope(ledger, "region", "unknown").await),
+            Err(LedgerError::NotFound { .. }) => Err(self.out_of_scope(ledger, "region", "unknown", None).await),
             Err(e) => Err(status(e)),
         }
     }
@@ -260,10 +266,11 @@ impl Caller {
         }
     }
 
-    async fn out_of_scope(&self, ledger: &Ledger, param: &str, needed: &str) -> Status {
-        let record = self.access(&self.action).param(param, needed);
-        crate::auth::record_refusal(ledger, record, "PERMISSION_DENIED", None).await;
-        Status::permission_denied(format!("{} is not scoped to {needed}", self.name()))
+    async fn out_of_scope(&self, ledger: &Ledger, param: &str, needed: &str, customer: Option<CustomerId>) -> Status {
+        let mut record = self.access(&self.action).param(param, needed);
+        record.customer = customer;
+        crate::auth::record_refusal(ledger, record, ErrorCode::PermissionDenied, None).await;
+        ErrorCode::PermissionDenied.status(format!("{} is not scoped to {needed}", self.name()))
     }
 }
 
@@ -272,7 +279,7 @@ impl Caller {
 pub(crate) async fn record_access(ledger: &Ledger, record: &AccessRecord) -> Result<(), Status> {
     ledger.record_access(record).await.map(|_| ()).map_err(|e| {
         tracing::warn!(action = %record.action, error = %e, "access record could not be written; read refused");
-        Status::unavailable(format!("the access record could not be written, so nothing was read: {e}"))
+        ErrorCode::Unavailable.status(format!("the access record could not be written, so nothing was read: {e}"))
     })
 }
 
@@ -357,12 +364,17 @@ pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Le
     blocking_outcome(f).await?.map_err(status)
 }
 
+/// Runs blocking work (a synced file or RocksDB write) on a blocking thread.
+pub(crate) async fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f).await.map_err(|_| ErrorCode::Internal.status("blocking task failed"))
+}
+
 /// Runs a blocking engine call; the outer error is a failed task, the inner one the engine's
 /// (kept unmapped, so the caller can record a refused access with its code).
 pub(crate) async fn blocking_outcome<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, LedgerError> + Send + 'static,
 ) -> Result<Result<T, LedgerError>, Status> {
-    tokio::task::spawn_blocking(f).await.map_err(|_| Status::internal("read task failed"))
+    tokio::task::spawn_blocking(f).await.map_err(|_| ErrorCode::Internal.status("read task failed"))
 }
 
 #[tonic::async_trait]
@@ -520,7 +532,7 @@ impl pb::ledger_server::Ledger for LedgerService {
             let result = tokio::select! {
                 r = follow(ledger.clone(), filter, &mut progress, tx.clone()) => r,
                 _ = tx.closed() => Ok(()),
-                _ = shutdown.wait_for(|s| *s) => Err(Status::unavailable("server shutting down; resubscribe from the last next_position")),
+                _ = shutdown.wait_for(|s| *s) => Err(ErrorCode::Unavailable.status("server shutting down; resubscribe from the last next_position")),
             };
             let mut end = access.param("delivered_through_position", progress.next.0).param("events", progress.events);
             end.outcome = "ended".into();
@@ -610,7 +622,7 @@ async fn follow(
                 tracing::debug!(skipped, next = next.0, "subscriber lagged; continuing from storage");
                 metrics::counter!("ledger_subscription_lags_total").increment(1);
             }
-            Err(broadcast::error::RecvError::Closed) => return Err(Status::unavailable("ledger closed; resubscribe from the last next_position")),
+            Err(broadcast::error::RecvError::Closed) => return Err(ErrorCode::Unavailable.status("ledger closed; resubscribe from the last next_position")),
         }
     }
 }

@@ -140,6 +140,25 @@ async fn shutdown_signal() {
     }
 }
 
+/// Turns every service `NOT_SERVING` once the store is poisoned (a failed write or sync, or a
+/// writer thread that died): the same node state `/readyz` reports as 503. Writes are refused
+/// until a restart, which runs the recovery rule.
+async fn not_serving_when_poisoned(ledger: Ledger, health: tonic_health::server::HealthReporter) {
+    let mut poisoned = ledger.poisoned_watch();
+    if poisoned.wait_for(|p| *p).await.is_err() {
+        return;
+    }
+    tracing::error!("store poisoned: health is NOT_SERVING and writes are refused until restart; reads still work");
+    health.set_not_serving::<proto::v1::ledger_server::LedgerServer<grpc::LedgerService>>().await;
+    health.set_not_serving::<proto::v1::audit_server::AuditServer<audit::AuditService>>().await;
+    health.set_not_serving::<proto::v1::privacy_server::PrivacyServer<privacy::PrivacyService>>().await;
+    health.set_not_serving::<proto::v1::admin_server::AdminServer<privacy::AdminService>>().await;
+    health.set_not_serving::<proto::v1::messaging_server::MessagingServer<messaging::MessagingService>>().await;
+    health.set_not_serving::<proto::v1::views_server::ViewsServer<views::ViewsService>>().await;
+    // The empty service name is the whole server's status.
+    health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+}
+
 /// How long a shutdown waits for in-flight requests and open connections to finish.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -147,27 +166,12 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("installing the metrics recorder")?;
-    let ledger_config = config.ledger.clone();
-    let (ledger, report) = tokio::task::spawn_blocking(move || Ledger::open(ledger_config))
-        .await?
-        .map_err(|e| anyhow::anyhow!("refusing to serve: {e}"))?;
-    if report.keyring_written {
-        tracing::warn!(
-            path = %config.ledger.keyring_path().display(),
-            "DEV KEYRING WRITTEN: region key-encryption keys are in a plain 0600 file; keep it away from \
-             the data directory and its backups, or use an HSM, before holding real customer data"
-        );
-    }
-    if report.signing_key_created {
-        tracing::warn!(path = %config.ledger.signing_key_path().display(), "created a new ed25519 signing key (0600)");
-    }
-    tracing::info!(tree_size = report.tree_size, events_checked = report.events_checked, check = ?config.ledger.startup_check, "store verified");
-
-    let tokens = std::sync::Arc::new(auth::TokenStore::open(&config.ledger.data_dir.join("auth").join("tokens.json"))?);
-    if let Some(path) = auth::bootstrap(&tokens, &config.ledger.data_dir)? {
-        tracing::warn!(path = %path.display(), "first start: created an admin token (0600); the CLI reads it from there, other clients send it as `authorization: Bearer <token>`");
-    }
-
+    // Refuse before creating: every check that needs no data directory runs first (TLS files,
+    // the Teams JWKS, the listeners and the plaintext rule), so a configuration that cannot
+    // serve leaves no keyring, signing key, admin token or store behind.
+    let grpc_tls = config.tls.as_ref().map(tls::grpc).transpose()?;
+    let http_tls = config.tls.as_ref().map(tls::http).transpose()?;
+    connectors::http::Webhooks::check_config(&config.connectors).map_err(|e| anyhow::anyhow!("refusing to serve: {e}"))?;
     let grpc_listener = tokio::net::TcpListener::bind(&config.grpc_addr)
         .await
         .with_context(|| format!("binding gRPC address {}", config.grpc_addr))?;
@@ -194,11 +198,37 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
              cross the network unencrypted unless a TLS-terminating proxy sits in front"
         );
     }
+    let ledger_config = config.ledger.clone();
+    let (ledger, report) = tokio::task::spawn_blocking(move || Ledger::open(ledger_config))
+        .await?
+        .map_err(|e| anyhow::anyhow!("refusing to serve: {e}"))?;
+    if report.keyring_written {
+        tracing::warn!(
+            path = %config.ledger.keyring_path().display(),
+            "DEV KEYRING WRITTEN: region key-encryption keys are in a plain 0600 file; keep it away from \
+             the data directory and its backups, or use an HSM, before holding real customer data"
+        );
+    }
+    if report.signing_key_created {
+        tracing::warn!(path = %config.ledger.signing_key_path().display(), "created a new ed25519 signing key (0600)");
+    }
+    tracing::info!(tree_size = report.tree_size, events_checked = report.events_checked, check = ?config.ledger.startup_check, "store verified");
+
+    // The token store's file writes are synced: on a blocking thread.
+    let data_dir = config.ledger.data_dir.clone();
+    let (tokens, bootstrapped) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let tokens = std::sync::Arc::new(auth::TokenStore::open(&data_dir.join("auth").join("tokens.json"))?);
+        let bootstrapped = auth::bootstrap(&tokens, &data_dir)?;
+        Ok((tokens, bootstrapped))
+    })
+    .await??;
+    if let Some(path) = bootstrapped {
+        tracing::warn!(path = %path.display(), "first start: created an admin token (0600); the CLI reads it from there, other clients send it as `authorization: Bearer <token>`");
+    }
+
     let timeouts = config.timeouts;
     let ms = std::time::Duration::from_millis;
     streams::set_stall_timeout(ms(timeouts.stream_stall_ms));
-    let grpc_tls = tls.map(tls::grpc).transpose()?;
-    let http_tls = tls.map(tls::http).transpose()?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let service = grpc::LedgerService::new(ledger.clone(), shutdown_rx.clone());
@@ -226,6 +256,7 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     health_reporter.set_serving::<proto::v1::admin_server::AdminServer<privacy::AdminService>>().await;
     health_reporter.set_serving::<proto::v1::messaging_server::MessagingServer<messaging::MessagingService>>().await;
     health_reporter.set_serving::<proto::v1::views_server::ViewsServer<views::ViewsService>>().await;
+    tokio::spawn(not_serving_when_poisoned(ledger.clone(), health_reporter.clone()));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -56,6 +56,7 @@ impl pb::messaging_server::Messaging for MessagingService {
                 content,
                 request_id: req.request_id,
                 thread: (!req.thread.is_empty()).then_some(req.thread),
+                from: None,
                 reply_to: None,
             })
             .await

@@ -4,14 +4,13 @@
 use std::sync::Arc;
 
 use erasure::{DeliveryState, ErasureError, ErasureStatus, Eraser};
-use ledger::access::SYSTEM_CUSTOMER;
 use ledger::types::{CustomerId, Position, Region, UnixMillis};
 use ledger::{Ledger, LedgerError, NodeCache, Payload};
 use proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::audit::{proven_to_pb, signed_head};
-use crate::grpc::{blocking, blocking_outcome, coded_status, millis_to_pb, record_access, refuse, status, Caller};
+use crate::grpc::{off_runtime, blocking, blocking_outcome, coded_status, millis_to_pb, record_access, refuse, status, Caller};
 
 /// Messages buffered per export stream before the server waits for the client.
 const STREAM_BUFFER_MESSAGES: usize = 4;
@@ -43,6 +42,7 @@ fn status_to_pb(s: ErasureStatus) -> pb::ErasureStatus {
         purged_at: ts(s.purged_at_ms),
         certificate: s.certificate.unwrap_or_default(),
         key_fingerprint: s.key_fingerprint.unwrap_or_default(),
+        also_requested_as: s.also_requested_as,
         deliveries: s
             .deliveries
             .into_iter()
@@ -160,7 +160,7 @@ impl pb::privacy_server::Privacy for PrivacyService {
             requested_by: req.requested_by,
         };
         let certificate = self.eraser.erase(erase).await.map_err(erasure_status)?;
-        let status = self.eraser.status(None, Some(customer)).map_err(erasure_status)?;
+        let status = self.eraser.status(None, Some(customer)).await.map_err(erasure_status)?;
         Ok(Response::new(pb::EraseCustomerResponse { certificate, status: Some(status_to_pb(status)) }))
     }
 
@@ -170,13 +170,20 @@ impl pb::privacy_server::Privacy for PrivacyService {
     ) -> Result<Response<pb::GetErasureStatusResponse>, Status> {
         let caller = Caller::of(&request);
         let req = request.into_inner();
-        let customer = if req.customer_id.is_empty() { None } else { Some(CustomerId::parse(&req.customer_id, "customer_id").map_err(status)?) };
+        let named = if req.customer_id.is_empty() { None } else { Some(CustomerId::parse(&req.customer_id, "customer_id").map_err(status)?) };
+        let request_id = (!req.request_id.is_empty()).then_some(req.request_id);
+        // By request id, the scope is that of the customer the request erased: a DPO asks for
+        // its own erasures by either id.
+        let customer = match (&request_id, named) {
+            (_, Some(c)) => Some(c),
+            (Some(id), None) => Some(self.eraser.customer_of_request(id.clone()).await.map_err(erasure_status)?.ok_or_else(|| status(LedgerError::NotFound { what: "erasure request" }))?),
+            (None, None) => None,
+        };
         match customer {
             Some(c) => caller.may_customer(&self.ledger, c).await?,
-            None => caller.may_all_regions(&self.ledger).await?,
+            None => return Err(status(LedgerError::invalid("request_id", "or customer_id is required"))),
         }
-        let request_id = (!req.request_id.is_empty()).then_some(req.request_id.as_str());
-        let s = self.eraser.status(request_id, customer).map_err(erasure_status)?;
+        let s = self.eraser.status(request_id, customer).await.map_err(erasure_status)?;
         Ok(Response::new(pb::GetErasureStatusResponse { status: Some(status_to_pb(s)) }))
     }
 
@@ -184,8 +191,11 @@ impl pb::privacy_server::Privacy for PrivacyService {
         &self,
         request: Request<pb::RetryDeadLettersRequest>,
     ) -> Result<Response<pb::RetryDeadLettersResponse>, Status> {
-        record_access(&self.ledger, &Caller::of(&request).access("ledger.v1.Privacy/RetryDeadLetters")).await?;
-        let requeued = self.eraser.retry_dead_letters().map_err(erasure_status)?;
+        let caller = Caller::of(&request);
+        // Dead letters of every region's erasures are requeued: a scoped admin may not.
+        caller.may_all_regions(&self.ledger).await?;
+        record_access(&self.ledger, &caller.access("ledger.v1.Privacy/RetryDeadLetters")).await?;
+        let requeued = self.eraser.retry_dead_letters().await.map_err(erasure_status)?;
         Ok(Response::new(pb::RetryDeadLettersResponse { requeued }))
     }
 
@@ -201,8 +211,8 @@ impl pb::privacy_server::Privacy for PrivacyService {
         if let Err(e) = blocking_outcome(move || l.check_customer_readable(customer)).await? {
             return Err(refuse(&self.ledger, access, e).await);
         }
-        if customer == SYSTEM_CUSTOMER {
-            return Err(status(LedgerError::invalid("customer_id", "is the ledger's system customer; use Audit.Replay")));
+        if ledger::access::is_system_customer(customer) {
+            return Err(status(LedgerError::invalid("customer_id", "is a system customer of the ledger; use Audit.Replay")));
         }
         self.export(access, vec![customer], |chunk| pb::ExportCustomerResponse { chunk: Some(chunk) }).await
     }
@@ -327,28 +337,43 @@ impl pb::admin_server::Admin for AdminService {
         let ttl_ms = (req.ttl_seconds > 0).then(|| i64::try_from(req.ttl_seconds.saturating_mul(1000)).unwrap_or(i64::MAX));
         let record = caller.access("ledger.v1.Admin/CreateToken").param("for", &principal.name).param("roles", req.roles.join(","));
         record_access(&self.ledger, &record).await?;
-        let (entry, token) = self.tokens.create(principal, ttl_ms).map_err(|e| status(LedgerError::invalid("principal", &e.to_string())))?;
+        // The store is a synced file rewrite: off the runtime.
+        let tokens = self.tokens.clone();
+        let (entry, token) = off_runtime(move || tokens.create(principal, ttl_ms)).await?.map_err(|e| status(LedgerError::invalid("principal", &e.to_string())))?;
         Ok(Response::new(pb::CreateTokenResponse { token: token.expose().to_owned(), info: Some(token_to_pb(entry)) }))
     }
 
     async fn revoke_token(&self, request: Request<pb::RevokeTokenRequest>) -> Result<Response<pb::RevokeTokenResponse>, Status> {
         let caller = Caller::of(&request);
         let id = request.into_inner().id;
+        // A scoped admin may revoke only tokens whose scope lies inside its own; to it, any other
+        // token does not exist (the same answer as an unknown id, so it learns nothing).
+        let target = self.tokens.list().into_iter().find(|e| e.id == id);
+        let visible = target.as_ref().is_some_and(|e| caller.covers(&e.principal));
+        if target.is_some() && !visible {
+            return Err(caller.refuse_scope(&self.ledger, "token_id", &id).await);
+        }
         record_access(&self.ledger, &caller.access("ledger.v1.Admin/RevokeToken").param("token_id", &id)).await?;
-        match self.tokens.revoke(&id) {
+        let tokens = self.tokens.clone();
+        match off_runtime(move || tokens.revoke(&id)).await? {
             Ok(true) => Ok(Response::new(pb::RevokeTokenResponse {})),
             Ok(false) => Err(status(LedgerError::NotFound { what: "token with that id" })),
-            Err(e) => Err(Status::internal(format!("the token store could not be written: {e}"))),
+            Err(e) => Err(ledger::ErrorCode::Internal.status(format!("the token store could not be written: {e}"))),
         }
     }
 
-    async fn list_tokens(&self, _: Request<pb::ListTokensRequest>) -> Result<Response<pb::ListTokensResponse>, Status> {
-        Ok(Response::new(pb::ListTokensResponse { tokens: self.tokens.list().into_iter().map(token_to_pb).collect() }))
+    async fn list_tokens(&self, request: Request<pb::ListTokensRequest>) -> Result<Response<pb::ListTokensResponse>, Status> {
+        let caller = Caller::of(&request);
+        // A scoped admin sees only the tokens whose scope lies inside its own.
+        let tokens = self.tokens.list().into_iter().filter(|e| caller.covers(&e.principal)).map(token_to_pb).collect();
+        Ok(Response::new(pb::ListTokensResponse { tokens }))
     }
 
     async fn rebuild_projection(&self, request: Request<pb::RebuildProjectionRequest>) -> Result<Response<pb::RebuildProjectionResponse>, Status> {
         let caller = Caller::of(&request);
         let name = request.into_inner().name;
+        // A rebuild rewrites every region's view rows: a scoped admin may not.
+        caller.may_all_regions(&self.ledger).await?;
         record_access(&self.ledger, &caller.access("ledger.v1.Admin/RebuildProjection").param("view", &name)).await?;
         let Some(view) = projections::view_named(&name) else {
             return Err(status(LedgerError::invalid("name", &format!("must be one of {}", projections::VIEWS.join(", ")))));

@@ -320,7 +320,9 @@ impl ProofFileWriter {
         Ok(())
     }
 
-    /// Writes the end line, syncs and renames. Returns (events, head size, seconds).
+    /// Writes the end line, syncs and renames. Returns (events, head size, seconds). The CLI is a
+    /// client with one task: blocking it for the fsync holds up nothing else.
+    #[allow(clippy::disallowed_methods)]
     pub fn finish(mut self, customers: Option<u64>, erased_events: Option<u64>) -> anyhow::Result<(u64, u64, f64)> {
         let size = self.head_size.context("the server sent no tree head")?;
         write_line(&mut self.out, &Line::End { events: self.events, customers, erased_events })?;

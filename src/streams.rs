@@ -82,7 +82,7 @@ impl<T> tokio_stream::Stream for Responses<T> {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         match self.rx.poll_recv(cx) {
-            Poll::Ready(None) if self.stalled.swap(false, Ordering::AcqRel) => Poll::Ready(Some(Err(Status::resource_exhausted(format!(
+            Poll::Ready(None) if self.stalled.swap(false, Ordering::AcqRel) => Poll::Ready(Some(Err(ledger::ErrorCode::StreamStalled.status(format!(
                 "the stream was ended: nothing was read from it for {} ms; read faster, or resume from the last position received",
                 stall_timeout().as_millis()
             ))))),

@@ -111,7 +111,7 @@ pub fn incoming(
                 metrics::counter!("ledger_tls_handshake_failures_total").increment(1);
                 if let Some(count) = failures.due(&peer.ip().to_string()) {
                     let record = AccessRecord::granted("anonymous", "tls/handshake", &peer.to_string()).param("failed_handshakes", count);
-                    crate::auth::record_refusal(&ledger, record, "UNAUTHENTICATED", Some(why)).await;
+                    crate::auth::record_refusal(&ledger, record, ledger::ErrorCode::Unauthenticated, Some(why)).await;
                 }
             });
         }

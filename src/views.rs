@@ -16,11 +16,13 @@ use tonic::{Request, Response, Status};
 
 use crate::grpc::{blocking, blocking_outcome, record_access, refuse, status, Caller};
 
-/// Maps a view error to the ledger's error codes.
+/// Maps a view error to the ledger's error codes: the log's own errors keep theirs; a view's
+/// store failing is our fault (`INTERNAL`), not lost data (the log is intact and the view can be
+/// rebuilt from it).
 pub fn view_error(e: ProjectionError) -> LedgerError {
     match e {
         ProjectionError::Ledger(e) => e,
-        other => LedgerError::Integrity(other.to_string()),
+        other => LedgerError::Internal(other.to_string()),
     }
 }
 

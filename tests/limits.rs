@@ -81,7 +81,7 @@ async fn a_principal_over_its_quotas_is_refused_and_another_is_not() {
         .into_iter()
         .filter(|e| e.stream == ledger::access::ACCESS_STREAM)
         .map(|e| serde_json::from_slice(&e.payload).unwrap())
-        .filter(|r: &ledger::access::AccessRecord| r.outcome == "RESOURCE_EXHAUSTED")
+        .filter(|r: &ledger::access::AccessRecord| r.outcome == "ledger.quota_exceeded")
         .collect();
     assert!(!records.is_empty() && records.len() < refused.len(), "{} records", records.len());
     assert!(records.iter().all(|r| r.principal == "flood" && r.params.contains_key("refused_calls")));
@@ -162,7 +162,7 @@ async fn a_flood_of_bad_tokens_is_counted_in_a_few_records_not_one_each() {
         .into_iter()
         .filter(|e| e.stream == ledger::access::ACCESS_STREAM)
         .map(|e| serde_json::from_slice::<ledger::access::AccessRecord>(&e.payload).unwrap())
-        .filter(|r| r.outcome == "UNAUTHENTICATED" && r.action == "ledger.v1.Ledger/Append")
+        .filter(|r| r.outcome == "ledger.unauthenticated" && r.action == "ledger.v1.Ledger/Append")
         .map(|r| r.params["refused_calls"].parse().unwrap())
         .collect();
     assert!(counts.len() >= 2 && counts.len() < 10, "{counts:?}");

@@ -321,3 +321,60 @@ async fn sms_goes_out_through_twilio() {
     use base64::Engine as _;
     assert_eq!(requests[0].0, format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("AC123:twilio-token")));
 }
+
+/// A customer who writes through Twilio's WhatsApp (`From=whatsapp:+55…`) asks for a person: the
+/// router's acknowledgement goes out through Twilio on WhatsApp, to `whatsapp:<their number>`
+/// from the `whatsapp:` number they wrote to, never as an SMS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_twilio_whatsapp_customer_is_answered_on_whatsapp() {
+    let (api, fake) = fake_provider().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &api);
+    let text = std::fs::read_to_string(&config).unwrap().replace("enabled = false", "enabled = true\nsweep_interval_ms = 200");
+    std::fs::write(&config, text).unwrap();
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    let form = form_urlencoded::Serializer::new(String::new())
+        .append_pair("MessageSid", "SMa1b2c3d4e5f6")
+        .append_pair("AccountSid", "AC123")
+        .append_pair("From", "whatsapp:+12125550143")
+        .append_pair("To", "whatsapp:+14155238886")
+        .append_pair("Body", "Quero falar com uma pessoa, meu pedido chegou quebrado")
+        .append_pair("NumMedia", "0")
+        .finish();
+    let signature = {
+        use base64::Engine as _;
+        use hmac::Mac;
+        let mut params: Vec<(String, String)> = form_urlencoded::parse(form.as_bytes()).into_owned().collect();
+        params.sort();
+        let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(b"twilio-token").unwrap();
+        mac.update(b"http://127.0.0.1:8080/webhooks/twilio");
+        for (k, v) in &params {
+            mac.update(k.as_bytes());
+            mac.update(v.as_bytes());
+        }
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    };
+    let headers = [("X-Twilio-Signature", signature)];
+    assert_eq!(http_post(&server, "/webhooks/twilio", &headers, &form), 200, "{}", server.logs());
+    let mut sent = Vec::new();
+    for _ in 0..200 {
+        sent = fake.requests.lock().unwrap().clone();
+        if !sent.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(sent.len(), 1, "one acknowledgement: {sent:?}");
+    let (auth, body) = &sent[0];
+    use base64::Engine as _;
+    assert_eq!(auth, &format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("AC123:twilio-token")), "sent through Twilio");
+    assert_eq!(body["To"], "whatsapp:+12125550143");
+    assert_eq!(body["From"], "whatsapp:+14155238886", "from the number the customer wrote to");
+    assert!(body["Body"].as_str().unwrap().starts_with("Obrigado"), "acknowledged in Portuguese: {body}");
+    // The outcome is recorded on the WhatsApp channel of the customer's conversation.
+    let events = read_customer_events(&mut server.client().await).await;
+    let queued = events.iter().find(|e| e.event_type == "MessageQueued").expect("queued");
+    assert_eq!(queued.channel, pb::Channel::Whatsapp as i32);
+    let p: serde_json::Value = serde_json::from_slice(&queued.payload).unwrap();
+    assert_eq!((p["channel"].as_str(), p["to"].as_str()), (Some("whatsapp"), Some("whatsapp:+12125550143")));
+}

@@ -204,12 +204,12 @@ async fn a_client_certificate_names_the_principal_its_roles_and_regions() {
         .filter(|e| e.stream == ledger::access::ACCESS_STREAM)
         .map(|e| serde_json::from_slice(&e.payload).unwrap())
         .collect();
-    assert!(records.iter().any(|r| r.principal == "crm-sync" && r.action == "ledger.v1.Ledger/ReadStream" && r.outcome == "PERMISSION_DENIED"));
-    assert!(records.iter().any(|r| r.principal == "crm-sync" && r.action == "ledger.v1.Ledger/Append" && r.outcome == "PERMISSION_DENIED"));
-    assert!(records.iter().any(|r| r.principal == "anonymous" && r.action == "ledger.v1.Admin/ListTokens" && r.outcome == "UNAUTHENTICATED"));
+    assert!(records.iter().any(|r| r.principal == "crm-sync" && r.action == "ledger.v1.Ledger/ReadStream" && r.outcome == "ledger.permission_denied"));
+    assert!(records.iter().any(|r| r.principal == "crm-sync" && r.action == "ledger.v1.Ledger/Append" && r.outcome == "ledger.permission_denied"));
+    assert!(records.iter().any(|r| r.principal == "anonymous" && r.action == "ledger.v1.Admin/ListTokens" && r.outcome == "ledger.unauthenticated"));
     let handshakes: Vec<_> = records.iter().filter(|r| r.action == "tls/handshake").collect();
     assert!(!handshakes.is_empty(), "failed handshakes are recorded");
-    assert!(handshakes.iter().all(|r| r.outcome == "UNAUTHENTICATED" && r.origin.starts_with("127.0.0.1:")));
+    assert!(handshakes.iter().all(|r| r.outcome == "ledger.unauthenticated" && r.origin.starts_with("127.0.0.1:")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,6 +52,10 @@ pub struct SlackAccount {
     /// The bot token for posting (`chat.postMessage`).
     #[serde(default)]
     pub bot_token: Secret,
+    /// Our bot's `bot_id` (`B…`): its posts come back as events and are skipped. Empty: every
+    /// bot's posts are skipped, since ours cannot be told from another integration's.
+    #[serde(default)]
+    pub bot_id: String,
     /// The Web API base URL (a local fake in tests).
     #[serde(default = "default_slack_url")]
     pub api_base_url: String,

@@ -28,6 +28,12 @@ pub enum ConnectorError {
     /// The connectors' own store failed.
     #[error("connectors store: {0}")]
     Storage(String),
+    /// The body is larger than `body_bytes_max`: 413, nothing read past the limit.
+    #[error("body exceeds body_bytes_max ({limit} bytes)")]
+    TooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
 }
 
 impl ConnectorError {
@@ -35,27 +41,39 @@ impl ConnectorError {
     pub fn code(&self) -> ErrorCode {
         match self {
             ConnectorError::Ledger(e) => e.code(),
-            ConnectorError::Invalid { .. } | ConnectorError::Unauthorized(_) => ErrorCode::InvalidArgument,
+            ConnectorError::Invalid { .. } => ErrorCode::InvalidArgument,
+            ConnectorError::Unauthorized(_) => ErrorCode::Unauthenticated,
             ConnectorError::UnknownAccount(_) => ErrorCode::NotFound,
             ConnectorError::WindowClosed => ErrorCode::WhatsAppWindowClosed,
             ConnectorError::Storage(_) => ErrorCode::Internal,
+            ConnectorError::TooLarge { .. } => ErrorCode::LimitExceeded,
         }
     }
 
-    /// The HTTP status of this error.
+    /// The HTTP status of this error: its code's, from the registry (the one HTTP mapping),
+    /// except that an engine refusal of what the connector itself built (a region not served,
+    /// say) is our configuration's fault, not the provider's: 500, so the provider redelivers
+    /// once it is fixed rather than dropping the customer's message.
     pub fn http_status(&self) -> u16 {
+        let status = self.code().http_status();
         match self {
-            ConnectorError::Unauthorized(_) => 401,
-            ConnectorError::Invalid { .. } => 400,
-            ConnectorError::UnknownAccount(_) => 404,
-            ConnectorError::Ledger(e) => match e.code() {
-                // The provider must retry: never a 4xx for a failure on our side.
-                ErrorCode::InvalidArgument | ErrorCode::LimitExceeded => 400,
-                ErrorCode::StorePoisoned | ErrorCode::Unavailable => 503,
-                _ => 500,
-            },
-            ConnectorError::WindowClosed => 412,
-            ConnectorError::Storage(_) => 500,
+            ConnectorError::Ledger(e) if status < 500 && !matches!(e.code(), ErrorCode::InvalidArgument | ErrorCode::LimitExceeded) => 500,
+            _ => status,
+        }
+    }
+
+    /// Why a webhook was refused, as a metric label and log field: a small closed set.
+    pub fn refusal_reason(&self) -> &'static str {
+        match self {
+            ConnectorError::Unauthorized(why) if why.contains("timestamp") => "stale_timestamp",
+            ConnectorError::Unauthorized(why) if why.contains("missing") || why.contains("required") => "signature_missing",
+            ConnectorError::Unauthorized(_) => "signature",
+            ConnectorError::Invalid { .. } => "malformed",
+            ConnectorError::UnknownAccount(_) => "unknown_account",
+            ConnectorError::TooLarge { .. } => "too_large",
+            ConnectorError::WindowClosed => "window_closed",
+            ConnectorError::Ledger(_) => "rejected",
+            ConnectorError::Storage(_) => "storage",
         }
     }
 }

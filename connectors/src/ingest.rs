@@ -112,15 +112,45 @@ pub(crate) fn single_event(ledger: &Ledger, e: Event<'_>, occurred_at: Option<Un
 /// Appends normalized messages to the ledger.
 pub struct Ingestor {
     ledger: Ledger,
-    pub(crate) db: DB,
+    /// Reached only through `on_db`, on a blocking thread: some of its writes are synced.
+    pub(crate) db: Arc<DB>,
     conversation_gap_ms: i64,
     /// One lock per customer, so a conversation is chosen and extended by one message at a time.
-    locks: Mutex<HashMap<CustomerId, Arc<tokio::sync::Mutex<()>>>>,
+    locks: CustomerLocks,
 }
 
-/// Most per-customer locks kept; the map is cleared when it grows past this (a lock in use is
-/// held through its `Arc`, so clearing never breaks mutual exclusion for a running message).
+/// Idle per-customer locks kept before the map is pruned.
 const LOCKS_MAX: usize = 100_000;
+
+/// One async lock per customer, in a bounded map. Pruning drops only locks nobody holds or waits
+/// for: every clone of a lock is taken under the map's mutex, so a lock whose `Arc` has no other
+/// owner than the map is unused, and removing it can never hand a second lock to a customer
+/// whose lock is held (clearing the whole map could, which let two first messages open two
+/// conversations). The map holds at most `locks_max` idle locks plus those in use.
+pub(crate) struct CustomerLocks {
+    map: Mutex<HashMap<CustomerId, Arc<tokio::sync::Mutex<()>>>>,
+    locks_max: usize,
+}
+
+impl CustomerLocks {
+    pub(crate) fn new(locks_max: usize) -> Self {
+        CustomerLocks { map: Mutex::new(HashMap::new()), locks_max }
+    }
+
+    /// The customer's lock; the same one for as long as anybody holds a clone of it.
+    pub(crate) fn of(&self, customer: CustomerId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= self.locks_max && !map.contains_key(&customer) {
+            map.retain(|_, lock| Arc::strong_count(lock) > 1);
+        }
+        map.entry(customer).or_default().clone()
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.lock().unwrap().len()
+    }
+}
 
 impl Ingestor {
     /// Opens the connectors' store under `<data_dir>/connectors`.
@@ -130,12 +160,12 @@ impl Ingestor {
         opts.create_missing_column_families(true);
         let path = ledger.config().data_dir.join("connectors");
         let cfs = [CF_CONVERSATIONS, CF_STATUSES, CF_OUTBOX, CF_SENT].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
-        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        let db = Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?);
         Ok(Ingestor {
             ledger,
             db,
             conversation_gap_ms: i64::try_from(conversation_gap_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
-            locks: Mutex::new(HashMap::new()),
+            locks: CustomerLocks::new(LOCKS_MAX),
         })
     }
 
@@ -144,25 +174,31 @@ impl Ingestor {
         &self.ledger
     }
 
+    /// Runs `f` on the connectors' store on a blocking thread: RocksDB reads and (synced)
+    /// writes never run on the async runtime's workers.
+    pub(crate) async fn on_db<T: Send + 'static>(&self, f: impl FnOnce(&DB) -> Result<T, ConnectorError> + Send + 'static) -> Result<T, ConnectorError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db)).await.map_err(|_| ConnectorError::Storage("a blocking store task failed".into()))?
+    }
+
     /// The customer's open conversation on `channel` and the provider time of their last inbound
     /// message on it.
     /// The customer's open conversation on `channel`, or a new stream for one.
-    pub(crate) fn conversation_or_new(&self, customer: CustomerId, channel: Channel, channel_name: &str) -> Result<String, ConnectorError> {
-        Ok(self.conversation(customer, channel)?.map_or_else(|| new_conversation(channel_name), |(s, _)| s))
+    pub(crate) async fn conversation_or_new(&self, customer: CustomerId, channel: Channel, channel_name: &str) -> Result<String, ConnectorError> {
+        Ok(self.conversation(customer, channel).await?.map_or_else(|| new_conversation(channel_name), |(s, _)| s))
     }
 
-    pub(crate) fn conversation(&self, customer: CustomerId, channel: Channel) -> Result<Option<(String, i64)>, ConnectorError> {
+    pub(crate) async fn conversation(&self, customer: CustomerId, channel: Channel) -> Result<Option<(String, i64)>, ConnectorError> {
         let key = [customer.as_bytes().as_slice(), &[channel as u8]].concat();
-        let cf = self.db.cf_handle(CF_CONVERSATIONS).expect("cf");
-        Ok(self.db.get_cf(cf, &key)?.and_then(|b| serde_json::from_slice::<Conversation>(&b).ok()).map(|c| (c.stream, c.last_ms)))
+        self.on_db(move |db| {
+            let cf = db.cf_handle(CF_CONVERSATIONS).expect("cf");
+            Ok(db.get_cf(cf, &key)?.and_then(|b| serde_json::from_slice::<Conversation>(&b).ok()).map(|c| (c.stream, c.last_ms)))
+        })
+        .await
     }
 
     pub(crate) fn lock_of(&self, customer: CustomerId) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.locks.lock().expect("locks");
-        if locks.len() > LOCKS_MAX {
-            locks.clear();
-        }
-        locks.entry(customer).or_default().clone()
+        self.locks.of(customer)
     }
 
     fn identifiers(identity: &RawIdentity, default_phone_region: &str) -> Result<Vec<Identifier>, ConnectorError> {
@@ -189,7 +225,12 @@ impl Ingestor {
     pub async fn ingest(&self, region: &Region, default_phone_region: &str, inbound: Inbound) -> Result<Outcome, ConnectorError> {
         let mut m = inbound.message;
         if m.kind == "status" {
-            m.linked_event_id = self.sent_event(region, &m.channel, &m.provider_message_id)?;
+            m.linked_event_id = self.sent_event(region, &m.channel, &m.provider_message_id).await?;
+        }
+        // An edit or a deletion links to the original message's event (its id is keyed on the
+        // provider's id, so it is known whether or not the original has arrived yet).
+        if let Some(original) = &m.edits {
+            m.linked_event_id = Some(self.ledger.keyed_event_id(region, &m.channel, original)?.to_string());
         }
         let event_id = self.ledger.keyed_event_id(region, &m.channel, &Self::event_key(&m))?;
         if self.ledger.event_exists(event_id)? {
@@ -202,14 +243,21 @@ impl Ingestor {
         let _one_at_a_time = lock.lock().await;
         let channel = channel_of(&m.channel);
         let conv_key = [customer.as_bytes().as_slice(), &[channel as u8]].concat();
-        let conv_cf = self.db.cf_handle(CF_CONVERSATIONS).expect("cf");
-        let current: Option<Conversation> = self.db.get_cf(conv_cf, &conv_key)?.and_then(|b| serde_json::from_slice(&b).ok());
+        let key = conv_key.clone();
+        let current: Option<Conversation> = self
+            .on_db(move |db| Ok(db.get_cf(db.cf_handle(CF_CONVERSATIONS).expect("cf"), &key)?.and_then(|b| serde_json::from_slice(&b).ok())))
+            .await?;
         let is_message = m.kind == "message";
         let stream = match &current {
             Some(c) if !is_message || m.provider_timestamp_ms - c.last_ms <= self.conversation_gap_ms => c.stream.clone(),
             _ => new_conversation(&m.channel),
         };
-        let event_type = if is_message { "MessageReceived" } else { "MessageStatusUpdated" };
+        let event_type = match m.kind.as_str() {
+            "message" => "MessageReceived",
+            "edit" => "MessageEdited",
+            "delete" => "MessageDeleted",
+            _ => "MessageStatusUpdated",
+        };
         let direction = if m.direction == "inbound" { Direction::Inbound } else { Direction::Outbound };
         let input = single_event(
             &self.ledger,
@@ -226,9 +274,10 @@ impl Ingestor {
         }
         if is_message {
             let last_ms = current.as_ref().filter(|c| c.stream == stream).map_or(m.provider_timestamp_ms, |c| c.last_ms.max(m.provider_timestamp_ms));
-            self.db.put_cf(conv_cf, &conv_key, serde_json::to_vec(&Conversation { stream, last_ms }).expect("serializes"))?;
+            let row = serde_json::to_vec(&Conversation { stream, last_ms }).expect("serializes");
+            self.on_db(move |db| Ok(db.put_cf(db.cf_handle(CF_CONVERSATIONS).expect("cf"), &conv_key, row)?)).await?;
         } else if let Some(s) = &m.status {
-            self.record_status(region, &m, s)?;
+            self.record_status(region, &m, s).await?;
         }
         metrics::counter!("ledger_webhook_messages_total", "outcome" => "appended").increment(1);
         Ok(Outcome::Appended)
@@ -236,33 +285,39 @@ impl Ingestor {
 
     /// Keeps the newest status per message: by provider time, then by stage, so a late-arriving
     /// earlier status never replaces a later one.
-    fn record_status(&self, region: &Region, m: &NormalizedMessage, s: &crate::normalize::Status) -> Result<(), ConnectorError> {
+    async fn record_status(&self, region: &Region, m: &NormalizedMessage, s: &crate::normalize::Status) -> Result<(), ConnectorError> {
         let key = self.ledger.keyed_event_id(region, &m.channel, &m.provider_message_id)?;
-        let cf = self.db.cf_handle(CF_STATUSES).expect("cf");
         let newer = StatusView { status: s.status.clone(), provider_timestamp_ms: m.provider_timestamp_ms };
-        let keep = match self.db.get_cf(cf, key.as_bytes())?.and_then(|b| serde_json::from_slice::<StatusView>(&b).ok()) {
-            Some(old) => (old.provider_timestamp_ms, rank(&old.status)) > (newer.provider_timestamp_ms, rank(&newer.status)),
-            None => false,
-        };
-        if !keep {
-            self.db.put_cf(cf, key.as_bytes(), serde_json::to_vec(&newer).expect("serializes"))?;
-        }
-        Ok(())
+        self.on_db(move |db| {
+            let cf = db.cf_handle(CF_STATUSES).expect("cf");
+            let keep = match db.get_cf(cf, key.as_bytes())?.and_then(|b| serde_json::from_slice::<StatusView>(&b).ok()) {
+                Some(old) => (old.provider_timestamp_ms, rank(&old.status)) > (newer.provider_timestamp_ms, rank(&newer.status)),
+                None => false,
+            };
+            if !keep {
+                db.put_cf(cf, key.as_bytes(), serde_json::to_vec(&newer).expect("serializes"))?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Remembers that the provider knows the message queued as `queued` by `provider_message_id`.
-    pub(crate) fn record_sent(&self, region: &Region, channel: &str, provider_message_id: &str, queued: ledger::types::EventId) -> Result<(), ConnectorError> {
+    // The synced write runs in `on_db`, on a blocking thread.
+    #[allow(clippy::disallowed_methods)]
+    pub(crate) async fn record_sent(&self, region: &Region, channel: &str, provider_message_id: &str, queued: ledger::types::EventId) -> Result<(), ConnectorError> {
         let key = self.ledger.keyed_event_id(region, channel, provider_message_id)?;
-        let cf = self.db.cf_handle(CF_SENT).expect("cf");
-        let mut opts = rocksdb::WriteOptions::default();
-        opts.set_sync(true);
-        Ok(self.db.put_cf_opt(cf, key.as_bytes(), queued.to_string(), &opts)?)
+        self.on_db(move |db| {
+            let mut opts = rocksdb::WriteOptions::default();
+            opts.set_sync(true);
+            Ok(db.put_cf_opt(db.cf_handle(CF_SENT).expect("cf"), key.as_bytes(), queued.to_string(), &opts)?)
+        })
+        .await
     }
 
-    fn sent_event(&self, region: &Region, channel: &str, provider_message_id: &str) -> Result<Option<String>, ConnectorError> {
+    async fn sent_event(&self, region: &Region, channel: &str, provider_message_id: &str) -> Result<Option<String>, ConnectorError> {
         let key = self.ledger.keyed_event_id(region, channel, provider_message_id)?;
-        let cf = self.db.cf_handle(CF_SENT).expect("cf");
-        Ok(self.db.get_cf(cf, key.as_bytes())?.map(|b| String::from_utf8_lossy(&b).into_owned()))
+        self.on_db(move |db| Ok(db.get_cf(db.cf_handle(CF_SENT).expect("cf"), key.as_bytes())?.map(|b| String::from_utf8_lossy(&b).into_owned()))).await
     }
 
     /// The newest status of a message the provider knows as `provider_message_id`.
@@ -270,5 +325,27 @@ impl Ingestor {
         let key = self.ledger.keyed_event_id(region, channel, provider_message_id)?;
         let cf = self.db.cf_handle(CF_STATUSES).expect("cf");
         Ok(self.db.get_cf(cf, key.as_bytes())?.and_then(|b| serde_json::from_slice::<StatusView>(&b).ok()).map(|v| v.status))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pruning the bounded lock map never hands out a second lock for a customer whose lock is
+    /// held or awaited: the held lock survives pruning and is returned again.
+    #[test]
+    fn pruning_keeps_locks_in_use() {
+        let locks = CustomerLocks::new(4);
+        let busy = CustomerId::new_random();
+        let held = locks.of(busy);
+        let _guard = held.try_lock().unwrap();
+        for _ in 0..64 {
+            drop(locks.of(CustomerId::new_random()));
+        }
+        assert!(locks.len() <= 5, "idle locks are pruned: {}", locks.len());
+        let again = locks.of(busy);
+        assert!(Arc::ptr_eq(&held, &again), "a held lock was replaced: two messages could run at once");
+        assert!(again.try_lock().is_err(), "the customer's lock is still held");
     }
 }

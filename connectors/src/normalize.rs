@@ -80,6 +80,14 @@ pub struct NormalizedMessage {
     /// (`MessageQueued`), when the ledger sent it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub linked_event_id: Option<String>,
+    /// The business address the customer wrote to (Twilio's `To`: a number, or
+    /// `whatsapp:+E164`), so a reply goes out from it on the same channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub business_address: Option<String>,
+    /// For `kind = edit` or `delete`: the provider id of the message edited or deleted (Slack's
+    /// `message_changed` / `message_deleted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edits: Option<String>,
 }
 
 /// How the customer is identified on the channel, before normalization.
@@ -211,6 +219,8 @@ pub fn whatsapp(body: &[u8]) -> Result<WhatsAppPayload, ConnectorError> {
                         thread: None,
                         status: None,
                         linked_event_id: None,
+                        business_address: None,
+                        edits: None,
                     },
                     identity: RawIdentity::WhatsApp(from),
                 });
@@ -238,6 +248,8 @@ pub fn whatsapp(body: &[u8]) -> Result<WhatsAppPayload, ConnectorError> {
                         thread: None,
                         status: Some(Status { status: str_at(s, "status", "statuses.status")?.to_owned(), error_codes }),
                         linked_event_id: None,
+                        business_address: None,
+                        edits: None,
                     },
                     identity: RawIdentity::WhatsApp(recipient),
                 });
@@ -262,12 +274,69 @@ pub enum SlackPayload {
         /// The message.
         inbound: Box<Inbound>,
     },
-    /// An event we do not record (bot posts, edits, other types): acknowledged, nothing written.
-    Ignored,
+    /// An event that carries no person's message (see `slack` for which): acknowledged, nothing
+    /// written. The reason names the subtype or rule, for the skip counter.
+    Ignored(&'static str),
 }
 
-/// Parses a Slack Events API body.
-pub fn slack(body: &[u8]) -> Result<SlackPayload, ConnectorError> {
+/// What a Slack message event's subtype means for the ledger.
+enum SlackKind {
+    /// A person's message: recorded.
+    Message,
+    /// An edit of an earlier message (`message_changed`): recorded, linked to the original.
+    Edit,
+    /// A deletion (`message_deleted`): recorded, linked to the original, without its text.
+    Delete,
+    /// Not a person's message: skipped, for the reason given.
+    Skip(&'static str),
+}
+
+/// Slack's message subtypes, decided one by one
+/// (<https://api.slack.com/events/message#subtypes>). A subtype not named here is recorded if it
+/// has a user (a person wrote it), so a new kind of message is never dropped silently.
+fn slack_kind(subtype: Option<&str>) -> SlackKind {
+    match subtype {
+        // A person's message: plain, with files (a photo with its caption), a thread reply also
+        // sent to the channel, a /me message.
+        None | Some("file_share" | "thread_broadcast" | "me_message") => SlackKind::Message,
+        Some("message_changed") => SlackKind::Edit,
+        Some("message_deleted") => SlackKind::Delete,
+        // A notice that a thread got a reply: the reply itself arrives as its own event.
+        Some("message_replied") => SlackKind::Skip("message_replied"),
+        // Posts by bots and integrations, ours included (our own posts would loop back).
+        Some("bot_message") => SlackKind::Skip("bot_message"),
+        // Channel membership and housekeeping notices written by Slack, not by a person.
+        Some(
+            "channel_join" | "channel_leave" | "channel_topic" | "channel_purpose" | "channel_name" | "channel_archive" | "channel_unarchive"
+            | "channel_convert_to_private" | "channel_convert_to_public" | "group_join" | "group_leave" | "group_topic" | "group_purpose"
+            | "group_name" | "group_archive" | "group_unarchive" | "pinned_item" | "unpinned_item" | "reminder_add" | "bot_add"
+            | "bot_remove" | "ekm_access_denied" | "channel_posting_permissions" | "huddle_thread" | "assistant_app_thread",
+        ) => SlackKind::Skip("slack_notice"),
+        Some(_) => SlackKind::Message,
+    }
+}
+
+/// Whether `m` (an event, or the `message` of a `message_changed`) was posted by our own bot: by
+/// `bot_id` when the account names it, else by any bot (without the id, ours cannot be told
+/// from another integration's, and a bot is not a customer).
+fn is_our_bot(m: &Value, our_bot_id: Option<&str>) -> bool {
+    match (m.get("bot_id").and_then(Value::as_str), our_bot_id) {
+        (Some(id), Some(ours)) => id == ours,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
+fn slack_ms(ts: &str, field: &'static str) -> Result<i64, ConnectorError> {
+    let (secs, frac) = ts.split_once('.').unwrap_or((ts, "0"));
+    Ok(secs_ms(secs, field)? + frac.get(..3).and_then(|f| f.parse::<i64>().ok()).unwrap_or(0))
+}
+
+/// Parses a Slack Events API body. `our_bot_id` is the account's bot (its own posts are echoes).
+/// Every message subtype is decided in `slack_kind`: a person's message (files and thread
+/// broadcasts included) is recorded, edits and deletions are recorded linked to the original, and
+/// only notices and bot posts are skipped.
+pub fn slack(body: &[u8], our_bot_id: Option<&str>) -> Result<SlackPayload, ConnectorError> {
     let root: Value = serde_json::from_slice(body).map_err(|_| invalid("body", "is not JSON"))?;
     match root.get("type").and_then(Value::as_str) {
         Some("url_verification") => Ok(SlackPayload::UrlVerification(str_at(&root, "challenge", "challenge")?.to_owned())),
@@ -275,15 +344,56 @@ pub fn slack(body: &[u8]) -> Result<SlackPayload, ConnectorError> {
             let event_id = str_at(&root, "event_id", "event_id")?.to_owned();
             let team_id = str_at(&root, "team_id", "team_id")?.to_owned();
             let event = root.get("event").ok_or_else(|| invalid("event", "is missing"))?;
-            // Our own (bot) posts and edits or joins would loop back: not recorded.
-            if event.get("type").and_then(Value::as_str) != Some("message") || event.get("bot_id").is_some() || event.get("subtype").is_some() {
-                return Ok(SlackPayload::Ignored);
+            if event.get("type").and_then(Value::as_str) != Some("message") {
+                return Ok(SlackPayload::Ignored("not_a_message"));
             }
-            let user = str_at(event, "user", "event.user")?.to_owned();
-            let ts = str_at(event, "ts", "event.ts")?;
-            let (secs, frac) = ts.split_once('.').unwrap_or((ts, "0"));
-            let ms = secs_ms(secs, "event.ts")? + frac.get(..3).and_then(|f| f.parse::<i64>().ok()).unwrap_or(0);
             let channel = str_at(event, "channel", "event.channel")?.to_owned();
+            let kind = slack_kind(event.get("subtype").and_then(Value::as_str));
+            // The message as it now stands: the event itself, or the edited message inside it.
+            let (message, kind_name, message_type) = match kind {
+                SlackKind::Skip(reason) => return Ok(SlackPayload::Ignored(reason)),
+                SlackKind::Message => (event, "message", event.get("subtype").and_then(Value::as_str).unwrap_or("text")),
+                SlackKind::Edit => (event.get("message").ok_or_else(|| invalid("event.message", "is missing"))?, "edit", "message_changed"),
+                // Who wrote it is only in the previous message; its text is not kept.
+                SlackKind::Delete => (event.get("previous_message").unwrap_or(&Value::Null), "delete", "message_deleted"),
+            };
+            if is_our_bot(event, our_bot_id) || is_our_bot(message, our_bot_id) {
+                return Ok(SlackPayload::Ignored("our_bot"));
+            }
+            let Some(user) = message.get("user").and_then(Value::as_str).filter(|u| !u.is_empty()) else {
+                return match kind_name {
+                    // A deletion whose author Slack did not send cannot be tied to a customer.
+                    "delete" => Ok(SlackPayload::Ignored("delete_without_author")),
+                    "edit" => Err(invalid("event.message.user", "is missing or not a string")),
+                    _ => Err(invalid("event.user", "is missing or not a string")),
+                };
+            };
+            // The event's own time; for an edit or deletion, the original's ts names the message.
+            let event_ts = str_at(event, "ts", "event.ts")?;
+            let original_ts = match kind_name {
+                "edit" => Some(str_at(message, "ts", "event.message.ts")?),
+                "delete" => Some(str_at(event, "deleted_ts", "event.deleted_ts")?),
+                _ => None,
+            };
+            let provider_message_id = match (kind_name, original_ts) {
+                ("message", _) | (_, None) => format!("{channel}:{event_ts}"),
+                (k, Some(orig)) => format!("{channel}:{orig}:{k}:{event_ts}"),
+            };
+            let attachments = message
+                .get("files")
+                .and_then(Value::as_array)
+                .map(|files| {
+                    files
+                        .iter()
+                        .map(|f| Attachment {
+                            content_type: opt_str(f, "mimetype"),
+                            filename: opt_str(f, "name"),
+                            provider_ref: opt_str(f, "url_private").or_else(|| opt_str(f, "id")),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let thread_ts = opt_str(message, "thread_ts").or_else(|| original_ts.map(str::to_owned)).unwrap_or_else(|| event_ts.to_owned());
             let identity = format!("{team_id}:{user}");
             Ok(SlackPayload::Message {
                 event_id: event_id.clone(),
@@ -293,20 +403,22 @@ pub fn slack(body: &[u8]) -> Result<SlackPayload, ConnectorError> {
                         schema: SCHEMA_VERSION,
                         channel: "slack".into(),
                         direction: "inbound".into(),
-                        kind: "message".into(),
-                        provider_message_id: format!("{channel}:{ts}"),
+                        kind: kind_name.into(),
+                        provider_message_id,
                         account: team_id,
                         channel_identity: identity.clone(),
                         sender_name: None,
-                        message_type: "text".into(),
+                        message_type: message_type.into(),
                         subject: None,
-                        text: opt_str(event, "text"),
-                        attachments: Vec::new(),
-                        provider_timestamp_ms: ms,
+                        text: if kind_name == "delete" { None } else { opt_str(message, "text") },
+                        attachments: if kind_name == "delete" { Vec::new() } else { attachments },
+                        provider_timestamp_ms: slack_ms(event_ts, "event.ts")?,
                         reply_to: None,
-                        thread: Some(opt_str(event, "thread_ts").unwrap_or_else(|| ts.to_owned())).map(|t| format!("{channel}:{t}")),
+                        thread: Some(format!("{channel}:{thread_ts}")),
                         status: None,
                         linked_event_id: None,
+                        business_address: None,
+                        edits: original_ts.map(|t| format!("{channel}:{t}")),
                     },
                     identity: RawIdentity::Slack(identity),
                 }),
@@ -362,10 +474,64 @@ pub fn twilio(body: &[u8], now_ms: i64) -> Result<(String, Inbound), ConnectorEr
                 None
             },
             linked_event_id: None,
+            business_address: (!is_status).then(|| to.clone()),
+            edits: None,
         },
         identity: RawIdentity::Phone(customer.trim_start_matches("whatsapp:").to_owned()),
     };
     Ok((account, inbound))
+}
+
+/// Rebuilds a MIME message from Mailgun's parsed fields (a route whose URL does not end in
+/// "mime"): the headers from `message-headers` (or the fields of the same names), the text from
+/// `body-plain`, and one part per attached file, so `email` reads it like any other mail. Header
+/// values lose any CR or LF (no header can be injected); UTF-8 is kept as RFC 6532 allows.
+pub fn mime_from_mailgun_fields(
+    fields: &std::collections::HashMap<String, String>,
+    files: &[(Option<String>, Option<String>, axum::body::Bytes)],
+) -> Result<Vec<u8>, ConnectorError> {
+    use base64::Engine as _;
+    let listed: Vec<(String, String)> = fields
+        .get("message-headers")
+        .and_then(|h| serde_json::from_str::<Vec<(String, String)>>(h).ok())
+        .unwrap_or_default();
+    let header = |name: &str| {
+        listed
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .or_else(|| fields.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone()))
+    };
+    let clean = |v: String| v.replace(['\r', '\n'], " ");
+    let from = header("From").or_else(|| fields.get("sender").cloned()).ok_or_else(|| invalid("from", "is missing"))?;
+    let boundary = format!("ledger-{}", uuid::Uuid::new_v4().simple());
+    let mut out = String::new();
+    out.push_str(&format!("From: {}\r\n", clean(from)));
+    for name in ["To", "Subject", "Message-Id", "In-Reply-To", "References", "Date"] {
+        if let Some(v) = header(name) {
+            out.push_str(&format!("{name}: {}\r\n", clean(v)));
+        }
+    }
+    out.push_str(&format!("MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"{boundary}\"\r\n\r\n"));
+    let b64 = |bytes: &[u8]| {
+        let text = base64::engine::general_purpose::STANDARD.encode(bytes);
+        text.as_bytes().chunks(76).map(|c| String::from_utf8_lossy(c).into_owned()).collect::<Vec<_>>().join("\r\n")
+    };
+    let text = fields.get("body-plain").map(String::as_str).unwrap_or_default();
+    out.push_str(&format!(
+        "--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n",
+        b64(text.as_bytes())
+    ));
+    for (file_name, content_type, bytes) in files {
+        let name = clean(file_name.clone().unwrap_or_else(|| "attachment".into())).replace('"', "'");
+        let ct = clean(content_type.clone().unwrap_or_else(|| "application/octet-stream".into()));
+        out.push_str(&format!(
+            "--{boundary}\r\nContent-Type: {ct}; name=\"{name}\"\r\nContent-Disposition: attachment; filename=\"{name}\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n",
+            b64(bytes)
+        ));
+    }
+    out.push_str(&format!("--{boundary}--\r\n"));
+    Ok(out.into_bytes())
 }
 
 /// Parses a raw RFC 5322 / MIME message. Threads by `References` (its first id), then
@@ -408,6 +574,8 @@ pub fn email(raw: &[u8], account: &str) -> Result<Inbound, ConnectorError> {
             thread: Some(references_root.or(in_reply_to).unwrap_or(message_id)),
             status: None,
             linked_event_id: None,
+            business_address: None,
+            edits: None,
         },
         identity: RawIdentity::Email(address),
     })
@@ -443,6 +611,8 @@ pub fn teams(body: &[u8]) -> Result<Option<Inbound>, ConnectorError> {
             thread: Some(conversation),
             status: None,
             linked_event_id: None,
+            business_address: None,
+            edits: None,
         },
         identity: RawIdentity::Teams(user),
     }))
@@ -479,7 +649,7 @@ mod tests {
 
     #[test]
     fn slack_and_twilio_fixtures() {
-        match slack(&fixture("slack-event-message.json")).unwrap() {
+        match slack(&fixture("slack-event-message.json"), None).unwrap() {
             SlackPayload::Message { event_id, inbound, .. } => {
                 assert_eq!(event_id, "Ev08MFMKH6");
                 assert_eq!(inbound.message.provider_timestamp_ms, 1_749_416_390_000);
@@ -492,6 +662,84 @@ mod tests {
         assert_eq!(inbound.message.text.as_deref(), Some("Where is my order #41532?"));
         assert_eq!(inbound.message.channel, "sms");
         assert_eq!(inbound.identity, RawIdentity::Phone("+12125550143".into()));
+    }
+
+    /// One realistic event per Slack message subtype (Events API shapes), with what must happen.
+    #[test]
+    fn every_slack_subtype_is_decided() {
+        let wrap = |event: &str| format!(r#"{{"type":"event_callback","team_id":"T1","event_id":"Ev1","event":{event}}}"#);
+        let record = |event: &str, bot: Option<&str>| match slack(wrap(event).as_bytes(), bot).unwrap() {
+            SlackPayload::Message { inbound, .. } => Some(inbound.message),
+            SlackPayload::Ignored(_) => None,
+            SlackPayload::UrlVerification(_) => panic!("not a verification"),
+        };
+        let plain = record(r#"{"type":"message","channel":"C1","user":"U1","text":"hello","ts":"1700000000.000100"}"#, None).unwrap();
+        assert_eq!((plain.kind.as_str(), plain.message_type.as_str(), plain.text.as_deref()), ("message", "text", Some("hello")));
+        let photo = record(
+            r#"{"type":"message","subtype":"file_share","channel":"C1","user":"U1","text":"my broken box","ts":"1700000001.000200",
+                "files":[{"id":"F1","name":"box.jpg","mimetype":"image/jpeg","url_private":"https://files.slack.com/files-pri/T1-F1/box.jpg"}]}"#,
+            None,
+        )
+        .expect("a photo with its text is recorded");
+        assert_eq!(photo.text.as_deref(), Some("my broken box"));
+        assert_eq!(photo.message_type, "file_share");
+        assert_eq!(photo.attachments[0].filename.as_deref(), Some("box.jpg"));
+        assert_eq!(photo.attachments[0].content_type.as_deref(), Some("image/jpeg"));
+        assert!(photo.attachments[0].provider_ref.as_deref().unwrap().contains("files-pri"));
+        let broadcast = record(
+            r#"{"type":"message","subtype":"thread_broadcast","channel":"C1","user":"U1","text":"any news?","ts":"1700000002.000300","thread_ts":"1700000000.000100"}"#,
+            None,
+        )
+        .expect("a thread reply sent to the channel is recorded");
+        assert_eq!(broadcast.thread.as_deref(), Some("C1:1700000000.000100"));
+        assert_eq!(broadcast.text.as_deref(), Some("any news?"));
+        let me = record(r#"{"type":"message","subtype":"me_message","channel":"C1","user":"U1","text":"waves","ts":"1700000003.000400"}"#, None);
+        assert_eq!(me.unwrap().text.as_deref(), Some("waves"));
+        let edit = record(
+            r#"{"type":"message","subtype":"message_changed","channel":"C1","ts":"1700000009.000900","hidden":true,
+                "message":{"type":"message","user":"U1","text":"hello, fixed","ts":"1700000000.000100","edited":{"user":"U1","ts":"1700000009.000000"}},
+                "previous_message":{"type":"message","user":"U1","text":"hello","ts":"1700000000.000100"}}"#,
+            None,
+        )
+        .expect("an edit is recorded");
+        assert_eq!((edit.kind.as_str(), edit.text.as_deref(), edit.edits.as_deref()), ("edit", Some("hello, fixed"), Some("C1:1700000000.000100")));
+        assert_ne!(edit.provider_message_id, plain.provider_message_id, "an edit is its own event");
+        let delete = record(
+            r#"{"type":"message","subtype":"message_deleted","channel":"C1","ts":"1700000010.001000","deleted_ts":"1700000000.000100","hidden":true,
+                "previous_message":{"type":"message","user":"U1","text":"hello","ts":"1700000000.000100"}}"#,
+            None,
+        )
+        .expect("a deletion is recorded");
+        assert_eq!((delete.kind.as_str(), delete.text.as_deref(), delete.edits.as_deref()), ("delete", None, Some("C1:1700000000.000100")));
+        assert_eq!(delete.channel_identity, "T1:U1");
+        // Skipped, each for its reason.
+        let skipped = |event: &str, bot: Option<&str>| match slack(wrap(event).as_bytes(), bot).unwrap() {
+            SlackPayload::Ignored(reason) => reason,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(skipped(r#"{"type":"message","subtype":"message_replied","channel":"C1","ts":"1","message":{"user":"U1","ts":"0"}}"#, None), "message_replied");
+        assert_eq!(skipped(r#"{"type":"message","subtype":"bot_message","channel":"C1","bot_id":"B9","text":"x","ts":"1"}"#, None), "bot_message");
+        assert_eq!(skipped(r#"{"type":"message","subtype":"channel_join","channel":"C1","user":"U1","text":"<@U1> has joined","ts":"1"}"#, None), "slack_notice");
+        // Our bot's echo (chat.postMessage comes back with our bot_id and no subtype).
+        let echo = r#"{"type":"message","channel":"C1","user":"U0BOT","bot_id":"B1","text":"We got your message","ts":"1"}"#;
+        assert_eq!(skipped(echo, Some("B1")), "our_bot");
+        assert_eq!(skipped(echo, None), "our_bot");
+        assert!(record(echo, Some("B2")).is_some(), "another integration's post is not our echo");
+        let our_edit = r#"{"type":"message","subtype":"message_changed","channel":"C1","ts":"2","message":{"user":"U0BOT","bot_id":"B1","text":"x","ts":"1"}}"#;
+        assert_eq!(skipped(our_edit, Some("B1")), "our_bot");
+        // A subtype Slack adds later, written by a person, is recorded rather than dropped.
+        let novel = record(r#"{"type":"message","subtype":"brand_new_kind","channel":"C1","user":"U1","text":"still a message","ts":"1"}"#, None).unwrap();
+        assert_eq!((novel.message_type.as_str(), novel.text.as_deref()), ("brand_new_kind", Some("still a message")));
+    }
+
+    #[test]
+    fn twilio_whatsapp_keeps_channel_and_business_number() {
+        let body = b"MessageSid=SM1&AccountSid=AC1&From=whatsapp%3A%2B5511912345678&To=whatsapp%3A%2B14155238886&Body=Oi&NumMedia=0";
+        let (_, inbound) = twilio(body, 1).unwrap();
+        assert_eq!(inbound.message.channel, "whatsapp");
+        assert_eq!(inbound.message.channel_identity, "whatsapp:+5511912345678");
+        assert_eq!(inbound.message.business_address.as_deref(), Some("whatsapp:+14155238886"));
+        assert_eq!(inbound.identity, RawIdentity::Phone("+5511912345678".into()));
     }
 
     #[test]
@@ -511,7 +759,7 @@ mod tests {
     fn malformed_bodies_name_the_field() {
         let e = whatsapp(br#"{"object":"whatsapp_business_account","entry":[{"changes":[{"field":"messages","value":{"metadata":{}}}]}]}"#).unwrap_err();
         assert!(e.to_string().contains("phone_number_id"), "{e}");
-        assert!(slack(b"nope").unwrap_err().to_string().contains("body"));
+        assert!(slack(b"nope", None).unwrap_err().to_string().contains("body"));
         assert!(twilio(b"From=%2B1", 0).unwrap_err().to_string().contains("MessageSid"));
     }
 
@@ -523,7 +771,7 @@ mod tests {
                                json in "[{}\\[\\]\":,a-z_0-9 .@=&%+-]{0,300}") {
             for b in [&body[..], json.as_bytes()] {
                 let _ = whatsapp(b);
-                let _ = slack(b);
+                let _ = slack(b, None);
                 let _ = twilio(b, 0);
                 let _ = email(b, "support@example.com");
                 let _ = teams(b);

@@ -59,6 +59,10 @@ pub struct SendRequest {
     pub request_id: String,
     /// Slack: the `thread_ts` to reply in.
     pub thread: Option<String>,
+    /// Twilio: the business number to send from, when it is not the account's configured one;
+    /// a reply goes from the number the customer wrote to (an inbound message's
+    /// `business_address`).
+    pub from: Option<String>,
     /// The recorded inbound message this answers, for senders that follow the log (the router).
     /// The conversation index is written just after an inbound append, so a reader of the log
     /// can see the message before the index does; the event itself is the authority for the
@@ -85,6 +89,9 @@ struct Queued {
     content: Content,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     thread: Option<String>,
+    /// Twilio: the sender (`whatsapp:+E164` or `+E164`); none means the account's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    from: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -145,7 +152,7 @@ impl Outbound {
             return self.send_slack(slack.clone(), req).await;
         }
         if let Some(twilio) = self.config.twilio.iter().find(|a| a.account_sid == req.account) {
-            return self.send_sms(twilio.clone(), req).await;
+            return self.send_twilio(twilio.clone(), req).await;
         }
         let account = self.account(&req.account)?;
         let region = Region::parse(&account.region, "account region")?;
@@ -166,7 +173,7 @@ impl Outbound {
         }
         let conversation = match req.reply_to {
             Some(r) => Some((r.stream, r.inbound_ms)),
-            None => self.ingestor.conversation(req.customer, Channel::Whatsapp)?,
+            None => self.ingestor.conversation(req.customer, Channel::Whatsapp).await?,
         };
         if matches!(req.content, Content::Text { .. }) {
             let window_ms = i64::try_from(self.config.whatsapp_window_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
@@ -176,7 +183,7 @@ impl Outbound {
             }
         }
         let stream = conversation.map_or_else(|| new_conversation("whatsapp"), |(s, _)| s);
-        let payload = Queued { schema: 1, channel: "whatsapp".into(), account: req.account.clone(), to: req.to.clone(), content: req.content, thread: None };
+        let payload = Queued { schema: 1, channel: "whatsapp".into(), account: req.account.clone(), to: req.to.clone(), content: req.content, thread: None, from: None };
         self.queue(req.customer, region, stream, event_id, Channel::Whatsapp, payload).await
     }
 
@@ -196,32 +203,56 @@ impl Outbound {
         let event_id = ledger.keyed_event_id(&region, "slack-send", &req.request_id)?;
         let stream = match req.reply_to {
             Some(r) => r.stream,
-            None => self.ingestor.conversation_or_new(req.customer, Channel::Slack, "slack")?,
+            None => self.ingestor.conversation_or_new(req.customer, Channel::Slack, "slack").await?,
         };
-        let payload = Queued { schema: 1, channel: "slack".into(), account: req.account, to: req.to, content: req.content, thread: req.thread };
+        let payload = Queued { schema: 1, channel: "slack".into(), account: req.account, to: req.to, content: req.content, thread: req.thread, from: None };
         self.queue(req.customer, region, stream, event_id, Channel::Slack, payload).await
     }
 
-    /// Queues an SMS through Twilio. The recipient must be the customer's phone number.
-    async fn send_sms(&self, account: crate::config::TwilioAccount, req: SendRequest) -> Result<(EventId, Position), ConnectorError> {
+    /// Queues a message through Twilio: an SMS, or a WhatsApp message when `to` is
+    /// `whatsapp:+E164` (as Twilio writes a WhatsApp customer's number), so a customer who wrote
+    /// on WhatsApp is answered on WhatsApp, from the number they wrote to. The recipient must be
+    /// the customer's phone number. WhatsApp's 24-hour window applies to free-form text as it
+    /// does on the Cloud API.
+    async fn send_twilio(&self, account: crate::config::TwilioAccount, req: SendRequest) -> Result<(EventId, Position), ConnectorError> {
         let ledger = self.ingestor.ledger();
         let region = Region::parse(&account.region, "account region")?;
-        let Content::Text { body } = &req.content else { return Err(channel_err("SMS takes text, not templates")) };
-        if body.is_empty() || body.len() > 1600 {
-            return Err(channel_err("text must be 1 to 1600 bytes"));
+        let (whatsapp, number) = match req.to.strip_prefix("whatsapp:") {
+            Some(n) => (true, n),
+            None => (false, req.to.as_str()),
+        };
+        let Content::Text { body } = &req.content else { return Err(channel_err("Twilio takes text, not templates")) };
+        let text_max = if whatsapp { 4096 } else { 1600 };
+        if body.is_empty() || body.len() > text_max {
+            return Err(channel_err(if whatsapp { "text must be 1 to 4096 bytes" } else { "text must be 1 to 1600 bytes" }));
         }
-        let phone = crate::identity::phone(&req.to, &account.default_phone_region)?;
+        let phone = crate::identity::phone(number, &account.default_phone_region)?;
         match ledger.resolve_customer(std::slice::from_ref(&phone), &region, false).await? {
             Some((c, _)) if c == req.customer => {}
             _ => return Err(ConnectorError::Invalid { field: "to", reason: "does not belong to this customer".into() }),
         }
-        let event_id = ledger.keyed_event_id(&region, "sms-send", &req.request_id)?;
-        let stream = match req.reply_to {
-            Some(r) => r.stream,
-            None => self.ingestor.conversation_or_new(req.customer, Channel::Sms, "sms")?,
+        let (space, channel, name) = if whatsapp { ("whatsapp-send", Channel::Whatsapp, "whatsapp") } else { ("sms-send", Channel::Sms, "sms") };
+        let event_id = ledger.keyed_event_id(&region, space, &req.request_id)?;
+        let conversation = match req.reply_to {
+            Some(r) => Some((r.stream, r.inbound_ms)),
+            None => self.ingestor.conversation(req.customer, channel).await?,
         };
-        let payload = Queued { schema: 1, channel: "sms".into(), account: req.account, to: phone.value, content: req.content, thread: None };
-        self.queue(req.customer, region, stream, event_id, Channel::Sms, payload).await
+        if whatsapp {
+            let window_ms = i64::try_from(self.config.whatsapp_window_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+            if !conversation.as_ref().is_some_and(|(_, last)| UnixMillis::now().0 - last <= window_ms) {
+                return Err(ConnectorError::WindowClosed);
+            }
+        }
+        let stream = conversation.map_or_else(|| new_conversation(name), |(s, _)| s);
+        let to = if whatsapp { format!("whatsapp:{}", phone.value) } else { phone.value };
+        let from = req.from.filter(|f| !f.is_empty());
+        if let Some(f) = &from
+            && f.starts_with("whatsapp:") != whatsapp
+        {
+            return Err(ConnectorError::Invalid { field: "from", reason: "must be on the same channel as to".into() });
+        }
+        let payload = Queued { schema: 1, channel: name.into(), account: req.account, to, content: req.content, thread: None, from };
+        self.queue(req.customer, region, stream, event_id, channel, payload).await
     }
 
     /// Appends `MessageQueued` and writes the outbox row.
@@ -235,8 +266,8 @@ impl Outbound {
             Err(LedgerError::DuplicateEventId { .. }) => return Err(ConnectorError::Invalid { field: "request_id", reason: "was used for another message".into() }),
             Err(e) => return Err(e.into()),
         };
-        let cf = self.ingestor.db.cf_handle(CF_OUTBOX).expect("cf");
-        if !out.idempotent_replay || self.ingestor.db.get_cf(cf, event_id.as_bytes())?.is_none() {
+        let exists = self.ingestor.on_db(move |db| Ok(db.get_cf(db.cf_handle(CF_OUTBOX).expect("cf"), event_id.as_bytes())?.is_some())).await?;
+        if !out.idempotent_replay || !exists {
             let entry = OutboxEntry {
                 position: out.first_position.0,
                 customer,
@@ -246,9 +277,7 @@ impl Outbound {
                 attempts: 0,
                 next_attempt_ms: UnixMillis::now().0,
             };
-            let mut opts = rocksdb::WriteOptions::default();
-            opts.set_sync(true);
-            self.ingestor.db.put_cf_opt(cf, event_id.as_bytes(), serde_json::to_vec(&entry).expect("serializes"), &opts)?;
+            self.store(event_id, &entry).await?;
             metrics::counter!("ledger_outbound_messages_total", "outcome" => "queued").increment(1);
         }
         self.wake.notify_one();
@@ -261,10 +290,14 @@ impl Outbound {
         tokio::spawn(async move { me.deliver_loop(shutdown).await });
     }
 
-    fn pending(&self) -> Result<Vec<(EventId, OutboxEntry)>, ConnectorError> {
-        let cf = self.ingestor.db.cf_handle(CF_OUTBOX).expect("cf");
+    async fn pending(&self) -> Result<Vec<(EventId, OutboxEntry)>, ConnectorError> {
+        self.ingestor.on_db(Self::pending_in).await
+    }
+
+    fn pending_in(db: &rocksdb::DB) -> Result<Vec<(EventId, OutboxEntry)>, ConnectorError> {
+        let cf = db.cf_handle(CF_OUTBOX).expect("cf");
         let mut out = Vec::new();
-        for item in self.ingestor.db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
+        for item in db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
             let (key, value) = item?;
             let Ok(entry) = serde_json::from_slice::<OutboxEntry>(&value) else { continue };
             if entry.state == OutboxState::Pending {
@@ -275,11 +308,17 @@ impl Outbound {
         Ok(out)
     }
 
-    fn store(&self, id: EventId, entry: &OutboxEntry) -> Result<(), ConnectorError> {
-        let cf = self.ingestor.db.cf_handle(CF_OUTBOX).expect("cf");
-        let mut opts = rocksdb::WriteOptions::default();
-        opts.set_sync(true);
-        Ok(self.ingestor.db.put_cf_opt(cf, id.as_bytes(), serde_json::to_vec(entry).expect("serializes"), &opts)?)
+    /// Writes an outbox row, synced, on a blocking thread.
+    #[allow(clippy::disallowed_methods)]
+    async fn store(&self, id: EventId, entry: &OutboxEntry) -> Result<(), ConnectorError> {
+        let row = serde_json::to_vec(entry).expect("serializes");
+        self.ingestor
+            .on_db(move |db| {
+                let mut opts = rocksdb::WriteOptions::default();
+                opts.set_sync(true);
+                Ok(db.put_cf_opt(db.cf_handle(CF_OUTBOX).expect("cf"), id.as_bytes(), row, &opts)?)
+            })
+            .await
     }
 
     async fn deliver_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
@@ -289,7 +328,7 @@ impl Outbound {
         };
         loop {
             let now = UnixMillis::now().0;
-            let pending = self.pending().unwrap_or_else(|e| {
+            let pending = self.pending().await.unwrap_or_else(|e| {
                 tracing::error!(error = %e, "reading the outbound outbox failed");
                 Vec::new()
             });
@@ -329,7 +368,12 @@ impl Outbound {
     /// One attempt: returns the next due time if the entry stays pending.
     async fn deliver(&self, client: &reqwest::Client, id: EventId, mut entry: OutboxEntry) -> Result<Option<i64>, ConnectorError> {
         let ledger = self.ingestor.ledger();
-        let (events, _) = ledger.read_range(Position(entry.position), Position(entry.position + 1), 1, usize::MAX, &EventFilter::default())?;
+        // A decrypting read of the store: on a blocking thread.
+        let reader = ledger.clone();
+        let at = Position(entry.position);
+        let (events, _) = tokio::task::spawn_blocking(move || reader.read_range(at, Position(at.0 + 1), 1, usize::MAX, &EventFilter::default()))
+            .await
+            .map_err(|_| ConnectorError::Storage("a blocking read task failed".into()))??;
         let event = events.into_iter().next().ok_or(ConnectorError::Storage("the queued event is missing".into()))?;
         let queued: Queued = match &event.payload {
             Payload::Available(p) => serde_json::from_slice(p).map_err(|e| ConnectorError::Storage(e.to_string()))?,
@@ -348,13 +392,17 @@ impl Outbound {
         entry.attempts += 1;
         let backoff = self.config.outbound_backoff_initial_ms.saturating_mul(1 << (entry.attempts - 1).min(16)).min(BACKOFF_MAX_MS);
         entry.next_attempt_ms = UnixMillis::now().0 + rand::thread_rng().gen_range(backoff / 2..=backoff.max(1)) as i64;
-        self.store(id, &entry)?;
+        self.store(id, &entry).await?;
+        // The provider is the account's (a Twilio account sends SMS and WhatsApp alike); the
+        // channel is the message's.
+        let twilio = self.config.twilio.iter().find(|a| a.account_sid == queued.account);
         let attempt = if channel == Channel::Slack {
             let account = self.config.slack.iter().find(|a| a.team_id == queued.account).ok_or(ConnectorError::UnknownAccount("slack"))?;
             slack_send(client, account, &queued).await
-        } else if channel == Channel::Sms {
-            let account = self.config.twilio.iter().find(|a| a.account_sid == queued.account).ok_or(ConnectorError::UnknownAccount("twilio"))?;
+        } else if let Some(account) = twilio {
             twilio_send(client, account, &queued).await
+        } else if channel == Channel::Sms {
+            return Err(ConnectorError::UnknownAccount("twilio"));
         } else {
             let account = self.account(&queued.account)?.clone();
             self.pace(&account).await;
@@ -391,7 +439,7 @@ impl Outbound {
                 Channel::Sms => "sms",
                 _ => "whatsapp",
             };
-            self.ingestor.record_sent(&region, channel_name, pid, id)?;
+            self.ingestor.record_sent(&region, channel_name, pid, id).await?;
         }
         let (event_type, payload) = match &provider_id {
             Some(pid) => ("MessageSent", serde_json::json!({ "schema": 1, "queued_event_id": id.to_string(), "provider_message_id": pid })),
@@ -407,7 +455,7 @@ impl Outbound {
             Err(e) => return Err(e.into()),
         }
         entry.state = OutboxState::Done;
-        self.store(id, &entry)?;
+        self.store(id, &entry).await?;
         let outcome = if provider_id.is_some() { "sent" } else { "failed" };
         metrics::counter!("ledger_outbound_messages_total", "outcome" => outcome).increment(1);
         Ok(())
@@ -490,7 +538,13 @@ async fn slack_send(client: &reqwest::Client, account: &crate::config::SlackAcco
 /// One Twilio REST call: `POST {base}/2010-04-01/Accounts/{sid}/Messages.json`, form-encoded.
 async fn twilio_send(client: &reqwest::Client, account: &crate::config::TwilioAccount, queued: &Queued) -> Attempt {
     let Content::Text { body } = &queued.content else { return Attempt::Permanent("sms takes text only".into()) };
-    let form = form_urlencoded::Serializer::new(String::new()).append_pair("To", &queued.to).append_pair("From", &account.from_number).append_pair("Body", body).finish();
+    // WhatsApp through Twilio: both numbers carry the `whatsapp:` prefix.
+    let from = match &queued.from {
+        Some(f) => f.clone(),
+        None if queued.to.starts_with("whatsapp:") => format!("whatsapp:{}", account.from_number),
+        None => account.from_number.clone(),
+    };
+    let form = form_urlencoded::Serializer::new(String::new()).append_pair("To", &queued.to).append_pair("From", &from).append_pair("Body", body).finish();
     let url = format!("{}/2010-04-01/Accounts/{}/Messages.json", account.api_base_url.trim_end_matches('/'), account.account_sid);
     let resp = match client
         .post(url)

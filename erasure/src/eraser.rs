@@ -14,7 +14,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ledger::access::SYSTEM_CUSTOMER;
 use ledger::types::{CustomerId, EventId, Metadata, UnixMillis};
 use ledger::Ledger;
 use rand::Rng;
@@ -100,12 +99,16 @@ pub struct ErasureStatus {
     pub key_fingerprint: Option<String>,
     /// Per downstream system.
     pub deliveries: Vec<Delivery>,
+    /// Later request ids answered with this erasure.
+    pub also_requested_as: Vec<String>,
 }
 
 /// The erasure service: workflow, outbox and purger, over one ledger.
 pub struct Eraser {
     ledger: Ledger,
-    db: ErasureDb,
+    /// Every call into it is a synced RocksDB write or a read: made on a blocking thread
+    /// (`Eraser::store`), never on the async runtime.
+    db: Arc<ErasureDb>,
     config: ErasureConfig,
     /// One erasure at a time: they are rare, and it keeps the steps' order simple.
     erasing: Mutex<()>,
@@ -151,8 +154,15 @@ impl Eraser {
     /// Opens the erasure store under `<data_dir>/erasure`.
     pub fn open(ledger: Ledger, config: ErasureConfig) -> Result<Arc<Self>, ErasureError> {
         config.validate().map_err(|reason| ErasureError::Invalid { field: "erasure", reason })?;
-        let db = ErasureDb::open(&ledger.config().data_dir.join("erasure"))?;
+        let db = Arc::new(ErasureDb::open(&ledger.config().data_dir.join("erasure"))?);
         Ok(Arc::new(Eraser { ledger, db, config, erasing: Mutex::new(()), outbox_wake: Notify::new(), purge_wake: Notify::new() }))
+    }
+
+    /// Runs `f` on the erasure store on a blocking thread: its writes are synced (an fsync each),
+    /// which must not stall the async runtime's workers.
+    async fn store<T: Send + 'static>(&self, f: impl FnOnce(&ErasureDb) -> Result<T, ErasureError> + Send + 'static) -> Result<T, ErasureError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db)).await.map_err(|_| ErasureError::Ledger(ledger::LedgerError::ShuttingDown))?
     }
 
     /// Starts the delivery worker and the purger, and resumes erasures a restart interrupted.
@@ -164,7 +174,7 @@ impl Eraser {
         tokio::spawn(async move { me.purge_loop(stop).await });
         let me = self.clone();
         tokio::spawn(async move {
-            let records = match me.db.records() {
+            let records = match me.store(|db| db.records()).await {
                 Ok(r) => r,
                 Err(e) => return tracing::error!(error = %e, "reading erasure records failed"),
             };
@@ -190,18 +200,27 @@ impl Eraser {
         check_field(&req.request_id, "request_id", true)?;
         check_field(&req.legal_basis, "legal_basis", false)?;
         check_field(&req.requested_by, "requested_by", false)?;
-        if req.customer == SYSTEM_CUSTOMER {
+        if ledger::access::is_system_customer(req.customer) {
             return Err(ErasureError::Invalid { field: "customer_id", reason: "is the ledger's system customer".into() });
         }
         let _one_at_a_time = self.erasing.lock().await;
         let started = std::time::Instant::now();
-        if let Some(existing) = self.db.customer_of(&req.request_id)? {
+        let id = req.request_id.clone();
+        if let Some(existing) = self.store(move |db| db.customer_of(&id)).await? {
             if existing != req.customer {
                 return Err(ErasureError::Invalid { field: "request_id", reason: "was already used for another customer".into() });
             }
         }
-        let mut rec = match self.db.record(req.customer)? {
-            Some(rec) => {
+        let customer = req.customer;
+        let mut rec = match self.store(move |db| db.record(customer)).await? {
+            Some(mut rec) => {
+                // A new request id for a customer already being (or already) erased is recorded
+                // before it is answered, so `status` knows every request it accepted.
+                if rec.request_id != req.request_id && !rec.also_requested_as.contains(&req.request_id) {
+                    rec.also_requested_as.push(req.request_id.clone());
+                    let stored = rec.clone();
+                    self.store(move |db| db.put_record(&stored, &[])).await?;
+                }
                 if let Some(cert) = &rec.certificate {
                     return Ok(cert.clone());
                 }
@@ -223,8 +242,10 @@ impl Eraser {
                     certificate: None,
                     certificate_tree_size: None,
                     purged_at_ms: None,
+                    also_requested_as: Vec::new(),
                 };
-                self.db.put_record(&rec, &[])?;
+                let stored = rec.clone();
+                self.store(move |db| db.put_record(&stored, &[])).await?;
                 rec
             }
         };
@@ -245,7 +266,8 @@ impl Eraser {
             rec.region = Some(erased.region.to_string());
             rec.key_fingerprint = Some(erased.fingerprint.map_or_else(|| "none".to_owned(), |f| hex::encode(f)));
             rec.unreadable_at_ms = Some(UnixMillis::now().0);
-            self.db.put_record(&rec, &[])?;
+            let stored = rec.clone();
+            self.store(move |db| db.put_record(&stored, &[])).await?;
             metrics::histogram!("ledger_erasure_unreadable_seconds").record(started.elapsed().as_secs_f64());
         }
         // 4. The certificate, over a head that includes the request.
@@ -269,9 +291,10 @@ impl Eraser {
         self.ledger
             .append_system(CERTIFICATE_STREAM, "ErasureCertified", 1, step_event_id("erasure-certificate", rec.customer), meta, note.clone().into_bytes())
             .await?;
-        self.db.put_record(&rec, &outbox)?;
+        let (stored, count) = (rec.clone(), outbox.len());
+        self.store(move |db| db.put_record(&stored, &outbox)).await?;
         metrics::counter!("ledger_erasures_total").increment(1);
-        tracing::info!(request_id = %rec.request_id, downstream = outbox.len(), "customer erased; certificate issued");
+        tracing::info!(request_id = %rec.request_id, downstream = count, "customer erased; certificate issued");
         // 5. Purge and notify, off the request path.
         self.purge_wake.notify_one();
         self.outbox_wake.notify_one();
@@ -311,16 +334,27 @@ impl Eraser {
             .collect()
     }
 
-    /// The status of an erasure, by request id or customer.
-    pub fn status(&self, request_id: Option<&str>, customer: Option<CustomerId>) -> Result<ErasureStatus, ErasureError> {
+    /// The status of an erasure, by request id (the first or any later one) or customer.
+    pub async fn status(&self, request_id: Option<String>, customer: Option<CustomerId>) -> Result<ErasureStatus, ErasureError> {
+        let me = self.db.clone();
+        tokio::task::spawn_blocking(move || Self::status_in(&me, request_id.as_deref(), customer))
+            .await
+            .map_err(|_| ErasureError::Ledger(ledger::LedgerError::ShuttingDown))?
+    }
+
+    /// The customer a request id erased, if any. Blocking-free: runs on a blocking thread.
+    pub async fn customer_of_request(&self, request_id: String) -> Result<Option<CustomerId>, ErasureError> {
+        self.store(move |db| db.customer_of(&request_id)).await
+    }
+
+    fn status_in(db: &ErasureDb, request_id: Option<&str>, customer: Option<CustomerId>) -> Result<ErasureStatus, ErasureError> {
         let customer = match (request_id, customer) {
-            (Some(id), _) => self.db.customer_of(id)?.ok_or(ErasureError::NotFound("request id"))?,
+            (Some(id), _) => db.customer_of(id)?.ok_or(ErasureError::NotFound("request id"))?,
             (None, Some(c)) => c,
             (None, None) => return Err(ErasureError::Invalid { field: "request_id", reason: "or customer_id is required".into() }),
         };
-        let rec = self.db.record(customer)?.ok_or(ErasureError::NotFound("customer"))?;
-        let deliveries = self
-            .db
+        let rec = db.record(customer)?.ok_or(ErasureError::NotFound("customer"))?;
+        let deliveries = db
             .outbox_of(customer)?
             .into_iter()
             .map(|e| Delivery {
@@ -348,19 +382,25 @@ impl Eraser {
             certificate: rec.certificate,
             key_fingerprint: rec.key_fingerprint,
             deliveries,
+            also_requested_as: rec.also_requested_as,
         })
     }
 
     /// Moves every dead letter back to pending with its attempts reset. Returns how many.
-    pub fn retry_dead_letters(&self) -> Result<u64, ErasureError> {
-        let mut count = 0;
-        for mut e in self.db.outbox()?.into_iter().filter(|e| e.state == OutboxState::DeadLetter) {
-            e.state = OutboxState::Pending;
-            e.attempts = 0;
-            e.next_attempt_ms = UnixMillis::now().0;
-            self.db.put_outbox(&e)?;
-            count += 1;
-        }
+    pub async fn retry_dead_letters(&self) -> Result<u64, ErasureError> {
+        let count = self
+            .store(|db| {
+                let mut count = 0;
+                for mut e in db.outbox()?.into_iter().filter(|e| e.state == OutboxState::DeadLetter) {
+                    e.state = OutboxState::Pending;
+                    e.attempts = 0;
+                    e.next_attempt_ms = UnixMillis::now().0;
+                    db.put_outbox(&e)?;
+                    count += 1;
+                }
+                Ok(count)
+            })
+            .await?;
         if count > 0 {
             tracing::info!(count, "dead letters queued again");
             self.outbox_wake.notify_one();
@@ -383,7 +423,7 @@ impl Eraser {
         };
         loop {
             let now = UnixMillis::now().0;
-            let entries = match self.db.outbox() {
+            let entries = match self.store(|db| db.outbox()).await {
                 Ok(e) => e,
                 Err(e) => {
                     tracing::error!(error = %e, "reading the outbox failed");
@@ -421,7 +461,8 @@ impl Eraser {
         // it is in flight, it still counts towards `attempts_max` and is retried after backoff.
         entry.attempts += 1;
         entry.next_attempt_ms = UnixMillis::now().0 + self.backoff_ms(entry.attempts) as i64;
-        if let Err(e) = self.db.put_outbox(&entry) {
+        let stored = entry.clone();
+        if let Err(e) = self.store(move |db| db.put_outbox(&stored)).await {
             tracing::error!(error = %e, "storing an outbox entry failed");
             return None;
         }
@@ -464,7 +505,8 @@ impl Eraser {
                 metrics::counter!("ledger_erasure_notifications_total", "outcome" => "retry").increment(1);
             }
         }
-        if let Err(e) = self.db.put_outbox(&entry) {
+        let stored = entry.clone();
+        if let Err(e) = self.store(move |db| db.put_outbox(&stored)).await {
             tracing::error!(error = %e, "storing an outbox entry failed");
             return None;
         }
@@ -477,7 +519,7 @@ impl Eraser {
                 _ = self.purge_wake.notified() => {}
                 _ = shutdown.wait_for(|s| *s) => return,
             }
-            let waiting: Vec<ErasureRecord> = match self.db.records() {
+            let waiting: Vec<ErasureRecord> = match self.store(|db| db.records()).await {
                 Ok(r) => r.into_iter().filter(|r| r.unreadable_at_ms.is_some() && r.purged_at_ms.is_none()).collect(),
                 Err(e) => {
                     tracing::error!(error = %e, "reading erasure records failed");
@@ -493,15 +535,21 @@ impl Eraser {
                 Ok(Ok(())) => {
                     let done = UnixMillis::now().0;
                     let _one_at_a_time = self.erasing.lock().await;
-                    for mut rec in waiting {
-                        // Re-read: the record may have moved on since.
-                        if let Ok(Some(current)) = self.db.record(rec.customer) {
-                            rec = current;
-                        }
-                        rec.purged_at_ms = Some(done);
-                        if let Err(e) = self.db.put_record(&rec, &[]) {
-                            tracing::error!(error = %e, "storing a purge time failed");
-                        }
+                    let stored = self
+                        .store(move |db| {
+                            for mut rec in waiting {
+                                // Re-read: the record may have moved on since.
+                                if let Some(current) = db.record(rec.customer)? {
+                                    rec = current;
+                                }
+                                rec.purged_at_ms = Some(done);
+                                db.put_record(&rec, &[])?;
+                            }
+                            Ok(())
+                        })
+                        .await;
+                    if let Err(e) = stored {
+                        tracing::error!(error = %e, "storing a purge time failed");
                     }
                     metrics::histogram!("ledger_erasure_purge_seconds").record(started.elapsed().as_secs_f64());
                 }

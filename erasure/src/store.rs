@@ -44,6 +44,10 @@ pub struct ErasureRecord {
     pub certificate_tree_size: Option<u64>,
     /// When flushes and the forced compaction removed the key's bytes from the store's files.
     pub purged_at_ms: Option<i64>,
+    /// Later request ids for the same customer, satisfied by this erasure and its certificate:
+    /// each is recorded before it is answered, so its status can always be asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also_requested_as: Vec<String>,
 }
 
 /// Where a notification stands.
@@ -111,6 +115,8 @@ impl ErasureDb {
         self.db.cf_handle(name).expect("column family exists")
     }
 
+    // Reached only through `Eraser::store`, on a blocking thread.
+    #[allow(clippy::disallowed_methods)]
     fn write(&self, wb: WriteBatch) -> Result<(), ErasureError> {
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
@@ -135,7 +141,9 @@ impl ErasureDb {
     pub fn put_record(&self, rec: &ErasureRecord, outbox: &[OutboxEntry]) -> Result<(), ErasureError> {
         let mut wb = WriteBatch::default();
         wb.put_cf(self.cf(CF_REQUESTS), rec.customer.as_bytes(), serde_json::to_vec(rec).expect("serializes"));
-        wb.put_cf(self.cf(CF_REQUEST_IDS), rec.request_id.as_bytes(), rec.customer.as_bytes());
+        for id in std::iter::once(&rec.request_id).chain(&rec.also_requested_as) {
+            wb.put_cf(self.cf(CF_REQUEST_IDS), id.as_bytes(), rec.customer.as_bytes());
+        }
         for entry in outbox {
             let key = outbox_key(entry.customer, &entry.downstream);
             if self.db.get_cf(self.cf(CF_OUTBOX), &key)?.is_none() {

@@ -1,9 +1,14 @@
 //! The ledger's own system streams and the access records written to them.
 //!
-//! System streams belong to a reserved customer, [`SYSTEM_CUSTOMER`], whose data key lives in the
-//! first served region. They hold no personal data, are never erased, and are part of the Merkle
+//! System streams belong to reserved customers. [`SYSTEM_CUSTOMER`] (the nil UUID, its data key in
+//! the first served region) holds what spans regions: erasure requests and certificates, and
+//! access records that name no customer (whole-log reads, refusals before a customer is known).
+//! Each region has its own system customer ([`system_customer_of`], its data key under that
+//! region's KEK) holding the access records of that region's customers, so a principal scoped to
+//! a region reads its region's trail and no other's, and the records stay in their residency
+//! region. System streams hold no personal data, are never erased, and are part of the Merkle
 //! log like every other event, so an auditor can prove that the trail was not edited. Clients
-//! cannot append to them.
+//! cannot append to them: every customer id whose first 8 bytes are zero is reserved.
 //!
 //! An access record says who read what, when, from where, and with what outcome. It names the
 //! request (customer, stream, positions, filter), never a payload, an identifier or a secret.
@@ -16,6 +21,23 @@ use crate::types::{CustomerId, UnixMillis};
 
 /// The customer the ledger's system streams belong to: the nil UUID, which clients may not use.
 pub const SYSTEM_CUSTOMER: CustomerId = CustomerId(uuid::Uuid::nil());
+/// The system customer holding the access records of `region`'s customers: the first 8 bytes
+/// zero (the reserved range), the last 8 the start of SHA-256("ledger.v1/system-customer/" ‖
+/// region), so every node derives the same id.
+pub fn system_customer_of(region: &crate::types::Region) -> CustomerId {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(format!("ledger.v1/system-customer/{}", region.as_str()).as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes[8..].copy_from_slice(&hash[..8]);
+    CustomerId(uuid::Uuid::from_bytes(bytes))
+}
+
+/// Whether `customer` is one of the ledger's system customers (the reserved range: the first 8
+/// bytes zero). A random (v4) id is never in it: its version nibble is in byte 6.
+pub fn is_system_customer(customer: CustomerId) -> bool {
+    customer.0.as_bytes()[..8] == [0u8; 8]
+}
+
 /// The system stream of access records.
 pub const ACCESS_STREAM: &str = "audit.access";
 /// The event type of an access record.
@@ -98,5 +120,13 @@ mod tests {
         let json = serde_json::to_vec(&rec).unwrap();
         assert_eq!(serde_json::from_slice::<AccessRecord>(&json).unwrap(), rec);
         assert_eq!(SYSTEM_CUSTOMER.to_string(), "00000000-0000-0000-0000-000000000000");
+        let eu = crate::types::Region::parse("eu", "r").unwrap();
+        let us = crate::types::Region::parse("us", "r").unwrap();
+        assert_ne!(system_customer_of(&eu), system_customer_of(&us));
+        assert_eq!(system_customer_of(&eu), system_customer_of(&eu));
+        assert!(is_system_customer(SYSTEM_CUSTOMER) && is_system_customer(system_customer_of(&eu)));
+        for _ in 0..1000 {
+            assert!(!is_system_customer(CustomerId::new_random()));
+        }
     }
 }

@@ -52,6 +52,47 @@ pub struct LedgerConfig {
     /// The log's origin line in signed tree heads (and the signing key's name); defaults to
     /// `ledgerd/<first 8 bytes of the public key in hex>`.
     pub origin: Option<String>,
+    /// Test-only: called at the points where a read or an append races an erasure.
+    #[doc(hidden)]
+    pub hooks: Hooks,
+    /// Test-only fault injection: the writer thread panics when it stages an append to this
+    /// stream (`ledgerd serve --inject-writer-panic-on-stream`, hidden), so a dead writer can be
+    /// tested end to end.
+    #[doc(hidden)]
+    pub writer_panic_on_stream: Option<String>,
+}
+
+/// A point on a read or append path where a concurrent erasure matters; tests park a thread
+/// there to force an interleaving deterministically.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookPoint {
+    /// A reader unwrapped a customer's key from rows it loaded, and is about to cache it.
+    KeyUnwrapped,
+    /// A reader decrypted a payload and is about to re-check the erasure epoch.
+    Decrypted,
+    /// An append was answered by the writer, and its caller is about to cache the key.
+    AppendAnswered,
+}
+
+/// Test-only hooks (none in production). Cloning shares them.
+#[doc(hidden)]
+#[derive(Clone, Default)]
+pub struct Hooks(pub Option<Arc<dyn Fn(HookPoint, CustomerId) + Send + Sync>>);
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Hooks(set)" } else { "Hooks(none)" })
+    }
+}
+
+impl Hooks {
+    #[inline]
+    fn at(&self, point: HookPoint, customer: CustomerId) {
+        if let Some(f) = &self.0 {
+            f(point, customer);
+        }
+    }
 }
 
 impl LedgerConfig {
@@ -66,6 +107,8 @@ impl LedgerConfig {
             tuning: EngineTuning::default(),
             startup_check: StartupCheck::Quick,
             origin: None,
+            hooks: Hooks::default(),
+            writer_panic_on_stream: None,
         }
     }
     /// Where the RocksDB files live.
@@ -231,6 +274,7 @@ impl EventFilter {
     }
 }
 
+/// A key lookup for reading, with the erasure epoch taken before it.
 enum KeyLookup {
     Key(Arc<CustomerKey>),
     Erased,
@@ -244,8 +288,11 @@ pub(crate) struct Inner {
     pub(crate) served: HashSet<Region>,
     /// Written only by KEK rotation and destruction.
     pub(crate) keyring: RwLock<Keyring>,
+    /// Serializes writers of the keyring file (rotation, destruction), which write it under a
+    /// read lock of `keyring`.
+    pub(crate) key_file_writes: Mutex<()>,
     pub(crate) signing: SigningKey,
-    pub(crate) keys: KeyCache,
+    pub(crate) keys: Arc<KeyCache>,
     shared: Arc<Shared>,
     pub(crate) tx: mpsc::Sender<WriterMsg>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -272,6 +319,7 @@ impl Ledger {
         if config.regions.is_empty() {
             return Err(LedgerError::invalid("regions", "at least one region must be served"));
         }
+        config.limits.validate().map_err(|reason| LedgerError::InvalidArgument { field: "limits", reason })?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| LedgerError::Io { path: config.data_dir.display().to_string(), source: e })?;
         let (keyring, keyring_written) = Keyring::open_or_create(&config.keyring_path(), &config.regions)?;
@@ -289,28 +337,38 @@ impl Ledger {
         };
         let (frontier, events_checked) = check_store(&db, &tree, config.startup_check, config.tuning.quick_check_events)?;
         let (batches, _) = broadcast::channel(config.tuning.subscription_buffer_batches.max(1));
+        let keys = Arc::new(KeyCache::new(config.tuning.key_cache_entries_max, Duration::from_secs(config.tuning.key_cache_ttl_secs)));
         let shared = Arc::new(Shared {
             poisoned: AtomicBool::new(false),
             committed_size: AtomicU64::new(tree.size),
             tree: RwLock::new(tree.clone()),
             batches,
             inject_write_fault: AtomicBool::new(false),
+            inject_writer_panic: AtomicBool::new(false),
+            writer_panic_on_stream: config.writer_panic_on_stream.clone(),
+            keys: keys.clone(),
+            poisoned_watch: tokio::sync::watch::channel(false).0,
         });
         let (tx, rx) = mpsc::channel(config.tuning.write_queue_appends_max.max(1));
         let writer = Writer::new(db.clone(), shared.clone(), frontier, config.tuning.clone());
+        install_writer_panic_hook();
+        let thread_shared = Arc::downgrade(&shared);
         let handle = std::thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || {
+                WRITER_SHARED.with(|w| *w.borrow_mut() = Some(thread_shared));
+                writer.run(rx)
+            })
             .map_err(|e| LedgerError::Io { path: "writer thread".into(), source: e })?;
         metrics::gauge!("ledger_tree_size").set(tree.size as f64);
         metrics::gauge!("ledger_store_poisoned").set(0.0);
-        let keys = KeyCache::new(config.tuning.key_cache_entries_max, Duration::from_secs(config.tuning.key_cache_ttl_secs));
         let served = config.regions.iter().cloned().collect();
         let ledger = Ledger {
             inner: Arc::new(Inner {
                 db,
                 served,
                 keyring: RwLock::new(keyring),
+                key_file_writes: Mutex::new(()),
                 signing,
                 keys,
                 shared,
@@ -387,6 +445,22 @@ impl Ledger {
         self.inner.shared.inject_write_fault.store(true, Ordering::Release);
     }
 
+    /// Makes the writer thread panic when it next wakes, to test that a dead writer poisons.
+    #[doc(hidden)]
+    pub fn inject_writer_panic(&self) {
+        self.inner.shared.inject_writer_panic.store(true, Ordering::Release);
+    }
+
+    /// Turns true when the store is poisoned (a failed write or sync, or a dead writer thread).
+    pub fn poisoned_watch(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.shared.poisoned_watch.subscribe()
+    }
+
+    /// Why an answer from the writer never came: a poisoned store (its thread died) or shutdown.
+    pub(crate) fn writer_gone(&self) -> LedgerError {
+        if self.is_poisoned() { LedgerError::Poisoned } else { LedgerError::ShuttingDown }
+    }
+
     /// Live committed batches, for subscriptions.
     pub fn subscribe_batches(&self) -> broadcast::Receiver<Arc<CommittedBatch>> {
         self.inner.shared.batches.subscribe()
@@ -416,8 +490,8 @@ impl Ledger {
     /// synced; an error means nothing of this append was acknowledged. The system customer's
     /// streams are the ledger's own and refused here.
     pub async fn append(&self, input: AppendInput) -> Result<AppendOutcome, LedgerError> {
-        if input.customer == SYSTEM_CUSTOMER {
-            return Err(LedgerError::invalid("customer_id", "is reserved for the ledger's system streams"));
+        if crate::access::is_system_customer(input.customer) {
+            return Err(LedgerError::invalid("customer_id", "is reserved for the ledger's system streams (ids whose first 8 bytes are zero)"));
         }
         self.append_unchecked(input).await
     }
@@ -439,9 +513,22 @@ impl Ledger {
         if let Some(c) = record.customer {
             metadata.insert("customer".into(), c.to_string());
         }
-        let outcome = self
-            .append_system(ACCESS_STREAM, ACCESS_EVENT_TYPE, ACCESS_SCHEMA_VERSION, EventId::new_random(), metadata, payload)
-            .await;
+        // A record about one customer goes to the system customer of that customer's region, so
+        // only principals of that region (or unscoped ones) can read it; the rest to the global one.
+        let region = match record.customer {
+            Some(c) if !crate::access::is_system_customer(c) => match self.load_customer(c)? {
+                Some(rec) if self.inner.served.contains(&rec.region) => Some(rec.region),
+                _ => None,
+            },
+            _ => None,
+        };
+        let outcome = match region {
+            Some(region) => {
+                let input = self.system_input(crate::access::system_customer_of(&region), region, ACCESS_STREAM, ACCESS_EVENT_TYPE, ACCESS_SCHEMA_VERSION, EventId::new_random(), metadata, payload)?;
+                self.append_unchecked(input).await.map(|o| o.first_position)
+            }
+            None => self.append_system(ACCESS_STREAM, ACCESS_EVENT_TYPE, ACCESS_SCHEMA_VERSION, EventId::new_random(), metadata, payload).await,
+        };
         metrics::counter!("ledger_access_records_total", "written" => if outcome.is_ok() { "yes" } else { "no" }).increment(1);
         outcome
     }
@@ -457,10 +544,27 @@ impl Ledger {
         metadata: Metadata,
         payload: Vec<u8>,
     ) -> Result<Position, LedgerError> {
+        let input = self.system_input(SYSTEM_CUSTOMER, self.system_region().clone(), stream, event_type, schema_version, event_id, metadata, payload)?;
+        Ok(self.append_unchecked(input).await?.first_position)
+    }
+
+    /// One system event for `customer` (a system customer) of `region`.
+    #[allow(clippy::too_many_arguments)]
+    fn system_input(
+        &self,
+        customer: CustomerId,
+        region: Region,
+        stream: &str,
+        event_type: &str,
+        schema_version: u32,
+        event_id: EventId,
+        metadata: Metadata,
+        payload: Vec<u8>,
+    ) -> Result<AppendInput, LedgerError> {
         let limits = &self.inner.config.limits;
-        let input = AppendInput {
-            customer: SYSTEM_CUSTOMER,
-            region: Some(self.system_region().clone()),
+        Ok(AppendInput {
+            customer,
+            region: Some(region),
             stream: StreamName::parse(stream, "stream", limits)?,
             expected: ExpectedVersion::Any,
             events: vec![NewEvent {
@@ -473,8 +577,7 @@ impl Ledger {
                 payload,
                 schema_version,
             }],
-        };
-        Ok(self.append_unchecked(input).await?.first_position)
+        })
     }
 
     async fn append_unchecked(&self, input: AppendInput) -> Result<AppendOutcome, LedgerError> {
@@ -485,6 +588,9 @@ impl Ledger {
         }
         // At most two rounds: the second runs only if another append created the customer first.
         for _ in 0..2 {
+            // Taken before any key row is read, so the key is cached only if no erasure
+            // completed since (see `KeyCache`).
+            let epoch = self.inner.keys.epoch();
             let (key, new_customer) = self.resolve_key_for_append(input.customer, input.region.as_ref())?;
             let events = self.seal_events(&input, &key)?;
             let (reply, answer) = oneshot::channel();
@@ -496,11 +602,12 @@ impl Ledger {
                 events,
                 reply,
             };
-            self.inner.tx.send(WriterMsg::Append(cmd)).await.map_err(|_| LedgerError::ShuttingDown)?;
+            self.inner.tx.send(WriterMsg::Append(cmd)).await.map_err(|_| self.writer_gone())?;
             match answer.await {
                 Ok(Ok(outcome)) => {
                     if !outcome.idempotent_replay {
-                        self.inner.keys.insert(input.customer, key);
+                        self.inner.config.hooks.at(HookPoint::AppendAnswered, input.customer);
+                        self.inner.keys.insert(input.customer, key, epoch);
                     }
                     metrics::counter!("ledger_appends_total", "outcome" => "ok").increment(1);
                     return Ok(outcome);
@@ -510,8 +617,8 @@ impl Ledger {
                     metrics::counter!("ledger_appends_total", "outcome" => e.code().as_str()).increment(1);
                     return Err(e);
                 }
-                // The writer stopped before answering: not acknowledged.
-                Err(_) => return Err(LedgerError::ShuttingDown),
+                // The writer stopped (or died) before answering: not acknowledged.
+                Err(_) => return Err(self.writer_gone()),
             }
         }
         Err(LedgerError::Integrity("customer creation raced twice".into()))
@@ -535,8 +642,9 @@ impl Ledger {
         }
     }
 
-    /// The customer's key for reading, from the cache or unwrapped from the store.
-    fn key_for_read(&self, customer: CustomerId) -> Result<KeyLookup, LedgerError> {
+    /// The customer's key for reading, from the cache or unwrapped from the store. The caller
+    /// takes `epoch` from the cache before calling, and re-checks it after using the key.
+    fn key_for_read(&self, customer: CustomerId, epoch: crate::keys::Epoch) -> Result<KeyLookup, LedgerError> {
         if let Some(k) = self.inner.keys.get(&customer) {
             return Ok(if self.inner.served.contains(&k.region) { KeyLookup::Key(k) } else { KeyLookup::RegionNotServed });
         }
@@ -555,7 +663,8 @@ impl Ledger {
         let (kek_version, wrapped) = store::decode_key_record(&bytes)?;
         let dek = self.inner.keyring.read().expect("keyring lock").unwrap(&rec.region, customer, kek_version, wrapped)?;
         let key = Arc::new(CustomerKey::new(rec.region, rec.key_version, &dek));
-        self.inner.keys.insert(customer, key.clone());
+        self.inner.config.hooks.at(HookPoint::KeyUnwrapped, customer);
+        self.inner.keys.insert(customer, key.clone(), epoch);
         Ok(KeyLookup::Key(key))
     }
 
@@ -579,7 +688,7 @@ impl Ledger {
                 if let Some(k) = cached {
                     return Ok((k, None));
                 }
-                match self.key_for_read(customer)? {
+                match self.key_for_read(customer, self.inner.keys.epoch())? {
                     KeyLookup::Key(k) => Ok((k, None)),
                     KeyLookup::Erased => Err(LedgerError::CustomerErased { customer: customer.to_string() }),
                     // Both were ruled out above from the same row; only a concurrent change gets here.
@@ -662,15 +771,29 @@ impl Ledger {
         if leaf_hash(rec.header, &sealed_hash) != rec.leaf {
             return Err(integrity(position, "leaf hash does not match header and ciphertext"));
         }
-        let payload = match self.key_for_read(header.customer)? {
-            KeyLookup::Key(k) => Payload::Available(
-                k.open(rec.aad(), rec.sealed).map_err(|_| integrity(position, "payload failed authentication"))?,
-            ),
+        let epoch = self.inner.keys.epoch();
+        let payload = match self.key_for_read(header.customer, epoch)? {
+            KeyLookup::Key(k) => {
+                let plain = k.open(rec.aad(), rec.sealed).map_err(|_| integrity(position, "payload failed authentication"))?;
+                self.inner.config.hooks.at(HookPoint::Decrypted, header.customer);
+                // An erasure that completed after the key was looked up wins: this payload is
+                // not answered (the plaintext is dropped here).
+                if self.inner.keys.unchanged_since(epoch) || !self.erased_now(header.customer)? {
+                    Payload::Available(plain)
+                } else {
+                    Payload::Erased
+                }
+            }
             KeyLookup::Erased => Payload::Erased,
             KeyLookup::RegionNotServed => Payload::RegionNotServed,
             KeyLookup::Unknown => return Err(integrity(position, "event of an unknown customer")),
         };
         Ok(Some((RecordedEvent { header, payload, leaf: rec.leaf }, sealed_hash)))
+    }
+
+    /// Whether the customer is erased, from the store (not the cache).
+    fn erased_now(&self, customer: CustomerId) -> Result<bool, LedgerError> {
+        Ok(self.load_customer(customer)?.is_none_or(|rec| rec.state == CustomerState::Erased))
     }
 
     /// Reads one page of a stream. Blocking: call from a blocking context.
@@ -920,10 +1043,16 @@ impl Ledger {
         self.inner.closing.store(true, Ordering::Release);
         let _ = self.inner.tx.send(WriterMsg::Shutdown).await;
         let handle = self.inner.writer.lock().expect("writer lock").take();
-        if let Some(h) = handle {
-            let _ = tokio::task::spawn_blocking(move || h.join()).await;
-        }
-        let _ = self.inner.db.flush_wal(true);
+        let db = self.inner.db.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(h) = handle {
+                let _ = h.join();
+            }
+            // An fsync: on this blocking thread, not the runtime's.
+            #[allow(clippy::disallowed_methods)]
+            let _ = db.flush_wal(true);
+        })
+        .await;
     }
 }
 
@@ -937,6 +1066,31 @@ impl Drop for Inner {
             let _ = handle.join();
         }
     }
+}
+
+thread_local! {
+    /// On the writer thread: the state it shares with readers, so the panic hook can poison it.
+    static WRITER_SHARED: std::cell::RefCell<Option<std::sync::Weak<Shared>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Installs (once per process) a panic hook that poisons the store of a writer thread that
+/// panics. A hook runs on the panicking thread *before* unwinding drops the writer's queue and
+/// the answers it owes, so every caller that then finds its answer gone already sees the store
+/// poisoned: `Poisoned`, `/readyz` 503 and health `NOT_SERVING`, never a live-looking node
+/// without a writer. The previous hook still runs (it prints the panic).
+fn install_writer_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let shared = WRITER_SHARED.try_with(|w| w.borrow().as_ref().and_then(std::sync::Weak::upgrade)).ok().flatten();
+            if let Some(shared) = shared {
+                let what = info.payload().downcast_ref::<&str>().copied().or_else(|| info.payload().downcast_ref::<String>().map(String::as_str));
+                shared.poison("writer thread panicked", &what.unwrap_or("a panic without a message"));
+            }
+            previous(info);
+        }));
+    });
 }
 
 /// The origin line: the configured one, or one derived from the public key.

@@ -1,85 +1,10 @@
-//! The engine's one error enum, and the closed set of API error codes it maps to. Messages are
-//! lowercase, name the field or limit at fault, and never carry personal data or secrets.
+//! The engine's one error enum, and its mapping into the API's closed set of error codes.
+//! Messages are lowercase, name the field or limit at fault, and never carry personal data or
+//! secrets.
 
-use std::fmt;
-
-/// The closed set of error codes the API edge maps to gRPC and HTTP status codes. The string forms
-/// are stable and namespaced; clients may match on them.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum ErrorCode {
-    /// A request field is malformed.
-    InvalidArgument,
-    /// A named limit was exceeded.
-    LimitExceeded,
-    /// The stream is not at the expected version.
-    WrongExpectedVersion,
-    /// An event id was already used for different content.
-    DuplicateEventId,
-    /// The customer, or the thing asked for, does not exist.
-    NotFound,
-    /// A position or tree size is beyond the log.
-    OutOfRange,
-    /// The customer's region is not served by this node.
-    RegionNotServed,
-    /// The customer's region does not match the one given.
-    RegionMismatch,
-    /// The customer was erased; their id cannot be used again.
-    CustomerErased,
-    /// WhatsApp's 24-hour customer-service window is closed: only a template may be sent.
-    WhatsAppWindowClosed,
-    /// Stored data failed an integrity check.
-    IntegrityViolation,
-    /// The store refuses writes after a failed write or sync, until restart.
-    StorePoisoned,
-    /// The ledger is shutting down or overloaded; retry.
-    Unavailable,
-    /// Anything else; the log has the details.
-    Internal,
-}
-
-impl ErrorCode {
-    /// The stable string form, e.g. `ledger.wrong_expected_version`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::InvalidArgument => "ledger.invalid_argument",
-            ErrorCode::LimitExceeded => "ledger.limit_exceeded",
-            ErrorCode::WrongExpectedVersion => "ledger.wrong_expected_version",
-            ErrorCode::DuplicateEventId => "ledger.duplicate_event_id",
-            ErrorCode::NotFound => "ledger.not_found",
-            ErrorCode::OutOfRange => "ledger.out_of_range",
-            ErrorCode::RegionNotServed => "ledger.region_not_served",
-            ErrorCode::RegionMismatch => "ledger.region_mismatch",
-            ErrorCode::CustomerErased => "ledger.customer_erased",
-            ErrorCode::WhatsAppWindowClosed => "ledger.whatsapp_window_closed",
-            ErrorCode::IntegrityViolation => "ledger.integrity_violation",
-            ErrorCode::StorePoisoned => "ledger.store_poisoned",
-            ErrorCode::Unavailable => "ledger.unavailable",
-            ErrorCode::Internal => "ledger.internal",
-        }
-    }
-
-    /// The HTTP status this code maps to.
-    pub fn http_status(self) -> u16 {
-        match self {
-            ErrorCode::InvalidArgument => 400,
-            ErrorCode::LimitExceeded => 413,
-            ErrorCode::WrongExpectedVersion | ErrorCode::RegionMismatch | ErrorCode::WhatsAppWindowClosed => 412,
-            ErrorCode::DuplicateEventId => 409,
-            ErrorCode::NotFound => 404,
-            ErrorCode::OutOfRange => 416,
-            ErrorCode::RegionNotServed => 421,
-            ErrorCode::CustomerErased => 410,
-            ErrorCode::IntegrityViolation | ErrorCode::Internal => 500,
-            ErrorCode::StorePoisoned | ErrorCode::Unavailable => 503,
-        }
-    }
-}
-
-impl fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The API's closed registry of error codes (it lives with the API, in `proto::codes`); the
+/// engine maps each of its errors to one.
+pub use proto::codes::ErrorCode;
 
 /// Everything the engine can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +101,10 @@ pub enum LedgerError {
     /// A stored record could not be decoded.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// A fault on our side outside the log (a view's store, a task that died); the log has the
+    /// details.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl LedgerError {
@@ -202,7 +131,7 @@ impl LedgerError {
             LedgerError::Integrity(_) | LedgerError::Corrupt(_) => ErrorCode::IntegrityViolation,
             LedgerError::Poisoned => ErrorCode::StorePoisoned,
             LedgerError::ShuttingDown => ErrorCode::Unavailable,
-            LedgerError::Storage(_) | LedgerError::Io { .. } | LedgerError::Crypto(_) => ErrorCode::Internal,
+            LedgerError::Storage(_) | LedgerError::Io { .. } | LedgerError::Crypto(_) | LedgerError::Internal(_) => ErrorCode::Internal,
         }
     }
 }

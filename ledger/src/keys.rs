@@ -10,6 +10,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,8 @@ fn io_err(path: &Path, source: std::io::Error) -> LedgerError {
 }
 
 /// Writes `bytes` to a new file readable only by its owner, syncs it and its directory.
+/// Blocking (fsyncs): called at open and from rotation and destruction, on blocking threads.
+#[allow(clippy::disallowed_methods)]
 pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), LedgerError> {
     let tmp = path.with_extension("tmp");
     let _ = fs::remove_file(&tmp);
@@ -101,6 +104,15 @@ impl Drop for KekFileEntry {
 struct Kek {
     version: u32,
     cipher: Aes256Gcm,
+}
+
+/// A KEK version written to the keyring file but not yet in use (see `Keyring::write_rotation`).
+pub struct NextKek(Kek);
+
+impl std::fmt::Debug for NextKek {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NextKek(version={})", self.0.version)
+    }
 }
 
 /// The regions' key-encryption keys, loaded from the keyring file.
@@ -192,6 +204,15 @@ impl Keyring {
     /// Adds a new KEK version for `region` (written to the file first, atomically) and makes it
     /// current: new data keys are wrapped under it. Returns the new version.
     pub fn rotate(&mut self, region: &Region) -> Result<u32, LedgerError> {
+        let next = self.write_rotation(region)?;
+        Ok(self.install(region, next))
+    }
+
+    /// The first half of a rotation: writes the region's next KEK version to the file (temporary
+    /// file, fsync, rename) and returns it, without changing this keyring. It needs only `&self`,
+    /// so callers hold a read lock, never a write lock, across the fsync; `install` then adds it.
+    /// Two rotations must not run this at once (the caller serializes them).
+    pub fn write_rotation(&self, region: &Region) -> Result<NextKek, LedgerError> {
         let mut file = self.read_file()?;
         let entries = file
             .regions
@@ -203,13 +224,27 @@ impl Keyring {
         let cipher = Aes256Gcm::new_from_slice(&key).expect("32-byte key");
         entries.push(entry);
         self.write_file(&file)?;
-        self.regions.entry(region.clone()).or_default().push(Kek { version, cipher });
-        Ok(version)
+        Ok(NextKek(Kek { version, cipher }))
+    }
+
+    /// The second half of a rotation: makes the written version current. Returns it.
+    pub fn install(&mut self, region: &Region, next: NextKek) -> u32 {
+        let version = next.0.version;
+        self.regions.entry(region.clone()).or_default().push(next.0);
+        version
     }
 
     /// Removes KEK `version` of `region` from the file and from memory. The current version cannot
     /// be destroyed; the caller checks that no data key is still wrapped under `version`.
     pub fn destroy(&mut self, region: &Region, version: u32) -> Result<(), LedgerError> {
+        self.write_destruction(region, version)?;
+        self.forget(region, version);
+        Ok(())
+    }
+
+    /// The first half of a destruction: checks `version` may go and removes it from the file
+    /// (fsynced), leaving memory as it is; `&self`, so the caller holds only a read lock.
+    pub fn write_destruction(&self, region: &Region, version: u32) -> Result<(), LedgerError> {
         if self.current_version(region) == Some(version) {
             return Err(LedgerError::invalid("version", "is the region's current key-encryption key; rotate first"));
         }
@@ -220,11 +255,14 @@ impl Keyring {
         if let Some(entries) = file.regions.get_mut(region.as_str()) {
             entries.retain(|e| e.version != version);
         }
-        self.write_file(&file)?;
+        self.write_file(&file)
+    }
+
+    /// The second half of a destruction: drops `version` from memory.
+    pub fn forget(&mut self, region: &Region, version: u32) {
         if let Some(keks) = self.regions.get_mut(region) {
             keks.retain(|k| k.version != version);
         }
-        Ok(())
     }
 
     /// The blind index of `data` in `region`: HMAC-SHA256 under the region's index key. Rows keyed
@@ -382,13 +420,37 @@ impl CustomerKey {
 }
 
 /// A bounded, time-limited cache of unwrapped customer keys. Entries are evicted oldest first
-/// when full, expire after the TTL, and are purged on erasure. Dropping the last `Arc` of a
-/// `CustomerKey` zeroizes its key material.
+/// when full and expire after the TTL. Dropping the last `Arc` of a `CustomerKey` zeroizes its key
+/// material.
+///
+/// **Erasure cannot be undone by the cache.** The cache carries an erasure epoch, a counter the
+/// writer thread advances (`erased`) right after an erasure's batch is synced and before it
+/// answers, under the same lock that removes the customer's entry. A key is cached only by
+/// `insert(customer, key, epoch)`, where `epoch` was taken *before* the caller loaded the rows it
+/// unwrapped the key from; if any erasure advanced the epoch since, the insert is refused. So a
+/// key loaded before an erasure can never be inserted after it, whatever the timing:
+/// - epoch taken after the advance: the erasure's batch was already synced, so the caller's row
+///   loads see the customer erased and there is no key to insert;
+/// - epoch taken before, insert before the advance: the advance removes the entry;
+/// - epoch taken before, insert after the advance: the epochs differ and the insert is refused.
+///
+/// A reader that already holds a key re-checks the epoch after decrypting (`unchanged_since`)
+/// and, if it moved, the customer's state, so no payload decrypted after an erasure is answered.
+/// The epoch is global rather than per customer: erasures are rare, and a global counter is one
+/// atomic with no per-customer state to bound; an unrelated erasure costs a few readers one
+/// re-check of a `customers` row.
 pub struct KeyCache {
     inner: Mutex<KeyCacheInner>,
+    /// Advanced only under `inner`'s lock, by `erased`; read without it by `epoch` and
+    /// `unchanged_since`.
+    epoch: AtomicU64,
     entries_max: usize,
     ttl: Duration,
 }
+
+/// A value of the cache's erasure epoch, taken before loading key rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Epoch(u64);
 
 struct KeyCacheInner {
     map: HashMap<CustomerId, (Arc<CustomerKey>, Instant)>,
@@ -400,9 +462,20 @@ impl KeyCache {
     pub fn new(entries_max: usize, ttl: Duration) -> Self {
         KeyCache {
             inner: Mutex::new(KeyCacheInner { map: HashMap::new(), order: VecDeque::new() }),
+            epoch: AtomicU64::new(0),
             entries_max: entries_max.max(1),
             ttl,
         }
+    }
+
+    /// The current erasure epoch. Take it before loading the rows a key is unwrapped from.
+    pub fn epoch(&self) -> Epoch {
+        Epoch(self.epoch.load(Ordering::Acquire))
+    }
+
+    /// Whether no erasure has completed since `epoch` was taken.
+    pub fn unchanged_since(&self, epoch: Epoch) -> bool {
+        self.epoch.load(Ordering::Acquire) == epoch.0
     }
 
     /// The cached key of `customer`, unless missing or expired.
@@ -418,9 +491,13 @@ impl KeyCache {
         }
     }
 
-    /// Caches `key` for `customer`.
-    pub fn insert(&self, customer: CustomerId, key: Arc<CustomerKey>) {
+    /// Caches `key` for `customer` unless an erasure completed since `since`, which must have
+    /// been taken before the rows the key came from were read. Returns whether it was cached.
+    pub fn insert(&self, customer: CustomerId, key: Arc<CustomerKey>, since: Epoch) -> bool {
         let mut inner = self.inner.lock().expect("key cache lock");
+        if self.epoch.load(Ordering::Acquire) != since.0 {
+            return false;
+        }
         if inner.map.insert(customer, (key, Instant::now())).is_none() {
             inner.order.push_back(customer);
         }
@@ -433,11 +510,15 @@ impl KeyCache {
             let KeyCacheInner { map, order } = &mut *inner;
             order.retain(|c| map.contains_key(c));
         }
+        true
     }
 
-    /// Removes `customer`'s key (on erasure).
-    pub fn purge(&self, customer: &CustomerId) {
-        self.inner.lock().expect("key cache lock").map.remove(customer);
+    /// Records that `customer` was erased: advances the epoch and removes the entry in one step.
+    /// Called by the writer after the erasure's batch is synced and before it answers.
+    pub fn erased(&self, customer: &CustomerId) {
+        let mut inner = self.inner.lock().expect("key cache lock");
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        inner.map.remove(customer);
     }
 
     /// Number of cached keys.
@@ -541,14 +622,37 @@ mod tests {
         let region = Region::parse("eu", "r").unwrap();
         let ids: Vec<_> = (0..5).map(|_| CustomerId::new_random()).collect();
         for id in &ids {
-            cache.insert(*id, Arc::new(CustomerKey::new(region.clone(), 1, &generate_dek())));
+            assert!(cache.insert(*id, Arc::new(CustomerKey::new(region.clone(), 1, &generate_dek())), cache.epoch()));
         }
         assert_eq!(cache.len(), 3);
         assert!(cache.get(&ids[0]).is_none() && cache.get(&ids[4]).is_some());
-        cache.purge(&ids[4]);
+        cache.erased(&ids[4]);
         assert!(cache.get(&ids[4]).is_none());
         let expiring = KeyCache::new(3, Duration::from_millis(0));
-        expiring.insert(ids[0], Arc::new(CustomerKey::new(region, 1, &generate_dek())));
+        expiring.insert(ids[0], Arc::new(CustomerKey::new(region, 1, &generate_dek())), expiring.epoch());
         assert!(expiring.get(&ids[0]).is_none(), "a zero ttl expires at once");
+    }
+
+    #[test]
+    fn a_key_loaded_before_an_erasure_is_never_cached_after_it() {
+        let cache = KeyCache::new(8, Duration::from_secs(60));
+        let region = Region::parse("eu", "r").unwrap();
+        let (erased, other) = (CustomerId::new_random(), CustomerId::new_random());
+        let before = cache.epoch();
+        cache.erased(&erased);
+        assert!(!cache.unchanged_since(before));
+        let key = Arc::new(CustomerKey::new(region.clone(), 1, &generate_dek()));
+        assert!(!cache.insert(erased, key.clone(), before), "an insert from before the erasure is refused");
+        assert!(cache.get(&erased).is_none());
+        // Any erasure refuses every insert from before it; a fresh epoch is accepted.
+        assert!(!cache.insert(other, key.clone(), before));
+        let now = cache.epoch();
+        assert!(cache.unchanged_since(now));
+        assert!(cache.insert(other, key, now));
+        // An entry inserted before the erasure is removed by it.
+        let key = Arc::new(CustomerKey::new(region, 1, &generate_dek()));
+        assert!(cache.insert(erased, key, cache.epoch()));
+        cache.erased(&erased);
+        assert!(cache.get(&erased).is_none() && cache.get(&other).is_some());
     }
 }

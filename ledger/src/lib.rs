@@ -18,6 +18,8 @@ pub mod store;
 pub mod types;
 mod writer;
 
+#[doc(hidden)]
+pub use engine::{HookPoint, Hooks};
 pub use engine::{
     default_origin, AppendInput, EventFilter, Ledger, LedgerConfig, NewEvent, NodeCache, OpenReport, Payload, ProvenEvent, RecordedEvent,
     StartupCheck,

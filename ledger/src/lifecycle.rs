@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use rocksdb::{BottommostLevelCompaction, CompactOptions, FlushOptions, IteratorMode};
 use tokio::sync::oneshot;
 
-use crate::access::SYSTEM_CUSTOMER;
 use crate::engine::Ledger;
 use crate::error::LedgerError;
 use crate::store::{self, CustomerState};
@@ -35,29 +34,29 @@ pub struct Rotation {
 impl Ledger {
     async fn control<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, LedgerError>>) -> Control) -> Result<T, LedgerError> {
         let (reply, answer) = oneshot::channel();
-        self.inner.tx.send(WriterMsg::Control(make(reply))).await.map_err(|_| LedgerError::ShuttingDown)?;
-        answer.await.map_err(|_| LedgerError::ShuttingDown)?
+        self.inner.tx.send(WriterMsg::Control(make(reply))).await.map_err(|_| self.writer_gone())?;
+        answer.await.map_err(|_| self.writer_gone())?
     }
 
     /// Destroys the customer's wrapped data key and marks the customer erased (one synced batch),
     /// then drops the unwrapped key from the cache. From then on their payloads are unreadable
     /// and appends for them are refused. Idempotent. The system customer cannot be erased.
     pub async fn erase_key(&self, customer: CustomerId) -> Result<ErasedKey, LedgerError> {
-        if customer == SYSTEM_CUSTOMER {
+        if crate::access::is_system_customer(customer) {
             return Err(LedgerError::invalid("customer_id", "is the ledger's system customer, which holds no personal data"));
         }
         let Some(rec) = self.load_customer(customer)? else { return Err(LedgerError::NotFound { what: "customer" }) };
         self.check_served(&rec.region)?;
-        let erased = self.control(|reply| Control::EraseKey { customer, reply }).await;
-        // Purge even if the write failed: a cached key must not outlive an erasure attempt.
-        self.inner.keys.purge(&customer);
-        erased
+        // The writer advances the key cache's erasure epoch and drops the cached key in the same
+        // step as the commit, before it answers (see `KeyCache`).
+        self.control(|reply| Control::EraseKey { customer, reply }).await
     }
 
     /// Removes deleted key bytes from the store's files: flushes every column family (the WAL
     /// files that held the original writes become obsolete and are deleted) and forces a
     /// bottommost compaction of `keys`. Blocking; its cost depends on the memtables' size, not
     /// on any customer's history.
+    #[allow(clippy::disallowed_methods)]
     pub fn purge_erased_keys(&self) -> Result<(), LedgerError> {
         let db = &self.inner.db;
         let cfs: Vec<_> = store::ALL_CFS.iter().map(|n| db.cf_handle(n).expect("column family")).collect();
@@ -121,7 +120,16 @@ impl Ledger {
     /// created during the rotation under the old version is caught by `destroy_kek`'s check.
     pub async fn rotate_kek(&self, region: &Region) -> Result<Rotation, LedgerError> {
         self.check_served(region)?;
-        let version = self.inner.keyring.write().expect("keyring lock").rotate(region)?;
+        // The keyring file's fsync runs on a blocking thread, under a read lock only (reads that
+        // unwrap keys go on); the write lock is held just to install the new version in memory.
+        let (ledger, r) = (self.clone(), region.clone());
+        let version = tokio::task::spawn_blocking(move || {
+            let _one_rotation_at_a_time = ledger.inner.key_file_writes.lock().expect("key file lock");
+            let next = ledger.inner.keyring.read().expect("keyring lock").write_rotation(&r)?;
+            Ok::<_, LedgerError>(ledger.inner.keyring.write().expect("keyring lock").install(&r, next))
+        })
+        .await
+        .map_err(|_| LedgerError::ShuttingDown)??;
         tracing::info!(region = %region, version, "key-encryption key rotated; rewrapping data keys");
         let mut rewrapped = 0u64;
         let mut after = None;
@@ -162,7 +170,12 @@ impl Ledger {
         if still > 0 {
             return Err(LedgerError::invalid("version", &format!("still wraps {still} data keys; run the rotation again first")));
         }
-        self.inner.keyring.write().expect("keyring lock").destroy(region, version)?;
+        {
+            // The file's fsync under a read lock only; the write lock just drops it from memory.
+            let _one_at_a_time = self.inner.key_file_writes.lock().expect("key file lock");
+            self.inner.keyring.read().expect("keyring lock").write_destruction(region, version)?;
+            self.inner.keyring.write().expect("keyring lock").forget(region, version);
+        }
         tracing::warn!(region = %region, version, "key-encryption key destroyed");
         self.purge_erased_keys()
     }
@@ -182,7 +195,7 @@ impl Ledger {
             let (key, value) = item?;
             let rec = store::CustomerRecord::decode(&value)?;
             let id = CustomerId(uuid::Uuid::from_slice(&key).map_err(|_| LedgerError::Corrupt("customer row with a bad id".into()))?);
-            if rec.region == *region && id != SYSTEM_CUSTOMER {
+            if rec.region == *region && !crate::access::is_system_customer(id) {
                 out.push(id);
             }
         }

@@ -46,6 +46,49 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// Checks the limits against what the stored formats can hold: strings and counts in the
+    /// canonical header are u16-length-prefixed, payloads u32. A limit beyond those would let a
+    /// request reach an encoder that cannot represent it, so such a configuration is refused at
+    /// start, naming the limit.
+    pub fn validate(&self) -> Result<(), String> {
+        let u16_max = usize::from(u16::MAX);
+        for (name, value) in [
+            ("stream_name_bytes_max", self.stream_name_bytes_max),
+            ("event_type_bytes_max", self.event_type_bytes_max),
+            ("metadata_entries_max", self.metadata_entries_max),
+            ("metadata_key_bytes_max", self.metadata_key_bytes_max),
+            ("metadata_value_bytes_max", self.metadata_value_bytes_max),
+        ] {
+            if value > u16_max {
+                return Err(format!("invalid limits.{name}: {value} is above {u16_max}, the most the stored header format can hold"));
+            }
+            if value == 0 {
+                return Err(format!("invalid limits.{name}: must be at least 1"));
+            }
+        }
+        // The sealed payload adds a nonce and a tag; the record's lengths are u32.
+        let payload_max = u32::MAX as usize - 1024;
+        if self.payload_bytes_max > payload_max || self.payload_bytes_max == 0 {
+            return Err(format!("invalid limits.payload_bytes_max: must be 1 to {payload_max}"));
+        }
+        for (name, value) in [
+            ("events_per_append_max", self.events_per_append_max),
+            ("page_size_default", self.page_size_default),
+            ("page_size_max", self.page_size_max),
+            ("request_bytes_max", self.request_bytes_max),
+        ] {
+            if value == 0 {
+                return Err(format!("invalid limits.{name}: must be at least 1"));
+            }
+        }
+        if self.page_size_default > self.page_size_max {
+            return Err("invalid limits.page_size_default: must not exceed page_size_max".into());
+        }
+        Ok(())
+    }
+}
+
 /// Bounds of the write path and the caches.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -89,5 +132,30 @@ impl Default for EngineTuning {
             read_chunk_bytes_max: 1024 * 1024,
             quick_check_events: 10_000,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_beyond_the_header_format_are_refused() {
+        assert!(Limits::default().validate().is_ok());
+        for set in [
+            |l: &mut Limits| l.stream_name_bytes_max = 65_536,
+            |l: &mut Limits| l.event_type_bytes_max = 70_000,
+            |l: &mut Limits| l.metadata_entries_max = 100_000,
+            |l: &mut Limits| l.metadata_key_bytes_max = 65_536,
+            |l: &mut Limits| l.metadata_value_bytes_max = 1 << 20,
+        ] {
+            let mut limits = Limits::default();
+            set(&mut limits);
+            let e = limits.validate().unwrap_err();
+            assert!(e.contains("65535"), "{e}");
+        }
+        let mut at_the_edge = Limits::default();
+        at_the_edge.stream_name_bytes_max = 65_535;
+        assert!(at_the_edge.validate().is_ok());
     }
 }

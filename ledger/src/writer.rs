@@ -20,6 +20,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::codec::{commit_suffix, encode_record};
 use crate::error::LedgerError;
+use crate::keys::KeyCache;
 use crate::limits::EngineTuning;
 use crate::merkle::{leaf_hash, Frontier, Hash};
 use crate::store::{self, CustomerRecord, CustomerState, TreeState};
@@ -142,6 +143,27 @@ pub(crate) struct Shared {
     pub batches: broadcast::Sender<Arc<CommittedBatch>>,
     /// Test-only fault injection: the next batch write fails as if the disk did.
     pub inject_write_fault: AtomicBool,
+    /// Test-only fault injection: the writer thread panics when it next wakes.
+    pub inject_writer_panic: AtomicBool,
+    /// Test-only fault injection: the writer panics staging an append to this stream.
+    pub writer_panic_on_stream: Option<String>,
+    /// The unwrapped-key cache; the writer advances its erasure epoch when an erasure commits.
+    pub keys: Arc<KeyCache>,
+    /// Turns true once, when the store is poisoned, for whoever must stop looking ready.
+    pub poisoned_watch: tokio::sync::watch::Sender<bool>,
+}
+
+impl Shared {
+    /// Poisons the store: from now on every write is refused until restart, `is_ready` is false
+    /// and watchers of `poisoned_watch` are told. `why` names the cause for the log.
+    pub fn poison(&self, why: &'static str, error: &dyn std::fmt::Display) {
+        if !self.poisoned.swap(true, Ordering::AcqRel) {
+            tracing::error!(cause = why, error = %error, "store poisoned; refusing writes until restart");
+            metrics::gauge!("ledger_store_poisoned").set(1.0);
+            metrics::counter!("ledger_store_poisoned_total", "cause" => why).increment(1);
+            self.poisoned_watch.send_replace(true);
+        }
+    }
 }
 
 pub(crate) struct Writer {
@@ -188,6 +210,9 @@ impl Writer {
                 Some(m) => Some(m),
                 None => rx.blocking_recv(),
             };
+            if self.shared.inject_writer_panic.swap(false, Ordering::AcqRel) {
+                panic!("injected writer panic");
+            }
             match first {
                 Some(WriterMsg::Append(cmd)) => batch.push(cmd),
                 Some(WriterMsg::Control(c)) => control = Some(c),
@@ -237,6 +262,8 @@ impl Writer {
         tracing::info!(tree_size = self.frontier.size(), "writer stopped");
     }
 
+    // The writer thread: the one place synced batches are made.
+    #[allow(clippy::disallowed_methods)]
     fn commit(&mut self, batch: Vec<AppendCommand>) {
         if self.shared.poisoned.load(Ordering::Acquire) {
             for cmd in batch {
@@ -274,9 +301,7 @@ impl Writer {
         };
         metrics::histogram!("ledger_wal_write_sync_seconds").record(sync_started.elapsed().as_secs_f64());
         if let Err(e) = write_result {
-            tracing::error!(error = %e, "batch write failed; store poisoned, refusing writes until restart");
-            self.shared.poisoned.store(true, Ordering::Release);
-            metrics::gauge!("ledger_store_poisoned").set(1.0);
+            self.shared.poison("batch write failed", &e);
             for s in staged {
                 let _ = s.reply.send(Err(Rejection::Error(LedgerError::Poisoned)));
             }
@@ -312,7 +337,12 @@ impl Writer {
     fn control(&mut self, control: Control) {
         match control {
             Control::EraseKey { customer, reply } => {
-                let _ = reply.send(self.erase_key(customer));
+                let erased = self.erase_key(customer);
+                // Advance the cache's erasure epoch after the batch is synced and before the
+                // answer (also when the write failed: a cached key must not outlive an erasure
+                // attempt). See `KeyCache` for why this makes re-caching impossible.
+                self.shared.keys.erased(&customer);
+                let _ = reply.send(erased);
             }
             Control::Rewrap { rows, reply } => {
                 let _ = reply.send(self.rewrap(rows));
@@ -420,6 +450,7 @@ impl Writer {
     }
 
     /// Writes a control batch with sync; a failure poisons the store like a failed append.
+    #[allow(clippy::disallowed_methods)]
     fn write_synced(&self, wb: WriteBatch) -> Result<(), LedgerError> {
         if self.shared.poisoned.load(Ordering::Acquire) {
             return Err(LedgerError::Poisoned);
@@ -427,9 +458,7 @@ impl Writer {
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         if let Err(e) = self.db.write_opt(wb, &opts) {
-            tracing::error!(error = %e, "key batch write failed; store poisoned, refusing writes until restart");
-            self.shared.poisoned.store(true, Ordering::Release);
-            metrics::gauge!("ledger_store_poisoned").set(1.0);
+            self.shared.poison("control batch write failed", &e);
             return Err(LedgerError::Poisoned);
         }
         Ok(())
@@ -517,6 +546,9 @@ impl Writer {
         overlay: &mut BatchOverlay,
         records: &mut Vec<Vec<u8>>,
     ) -> Result<(Position, StreamVersion, bool), Rejection> {
+        if self.shared.writer_panic_on_stream.as_deref() == Some(stream.as_str()) {
+            panic!("injected writer panic (an append to the fault-injection stream)");
+        }
         let err = |e: LedgerError| Rejection::Error(e);
         // 1. The customer.
         let exists = overlay.customers.contains(&customer)

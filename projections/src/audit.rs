@@ -58,7 +58,7 @@ impl View for AuditView {
 
     fn apply(&self, tx: &mut Tx<'_>, event: &RecordedEvent) -> Result<(), ProjectionError> {
         let h = &event.header;
-        if h.customer != SYSTEM_CUSTOMER {
+        if !ledger::access::is_system_customer(h.customer) {
             return Ok(());
         }
         let Payload::Available(payload) = &event.payload else { return Ok(()) };

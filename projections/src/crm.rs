@@ -127,7 +127,7 @@ impl View for CrmView {
             return Ok(());
         }
         let Payload::Available(payload) = &event.payload else { return Ok(()) };
-        if h.customer == ledger::access::SYSTEM_CUSTOMER || tx.get(&erased_key(h.customer))?.is_some() {
+        if ledger::access::is_system_customer(h.customer) || tx.get(&erased_key(h.customer))?.is_some() {
             return Ok(());
         }
         let position = h.position.0;

@@ -164,7 +164,7 @@ impl View for Enqueue {
 
     fn apply(&self, tx: &mut Tx<'_>, event: &RecordedEvent) -> Result<(), ProjectionError> {
         let h = &event.header;
-        if h.customer == ledger::access::SYSTEM_CUSTOMER {
+        if ledger::access::is_system_customer(h.customer) {
             return Ok(());
         }
         let activity = match (h.event_type.as_str(), &event.payload) {
@@ -223,6 +223,8 @@ impl CrmPush {
     }
 
     /// Finishes an activity: removes its row and counts it, in one write.
+    /// Blocking (a synced write): called on a blocking thread.
+    #[allow(clippy::disallowed_methods)]
     fn finish(&self, position: u64, counter: &[u8], error: Option<&str>) -> Result<(), ProjectionError> {
         let _one = self.counters.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let db = self.runner.db();
@@ -307,7 +309,8 @@ impl CrmPush {
                 Err(_) => return,
             }
             // Deliver what is due, oldest first, one request per spacing interval.
-            let due = match self.due(UnixMillis::now().0, 256) {
+            let me = self.clone();
+            let due = match tokio::task::spawn_blocking(move || me.due(UnixMillis::now().0, 256)).await.unwrap_or_else(|_| Err(ProjectionError::Ledger(LedgerError::ShuttingDown))) {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::error!(error = %e, "CRM outbox unreadable");
@@ -327,29 +330,33 @@ impl CrmPush {
                         break;
                     }
                 };
-                let result = match outcome {
+                // The outbox writes are synced: on a blocking thread.
+                let me = self.clone();
+                let result = tokio::task::spawn_blocking(move || match outcome {
                     Delivery::Acked => {
                         metrics::counter!("ledger_crm_activities_total", "outcome" => "acknowledged").increment(1);
-                        self.finish(position, K_ACKED, None)
+                        me.finish(position, K_ACKED, None)
                     }
                     Delivery::Erased => {
                         metrics::counter!("ledger_crm_activities_total", "outcome" => "dropped_erased").increment(1);
-                        self.finish(position, K_DROPPED, None)
+                        me.finish(position, K_DROPPED, None)
                     }
                     Delivery::Failed(why) => {
                         tracing::warn!(position, reason = %why, "CRM refused an activity");
                         metrics::counter!("ledger_crm_activities_total", "outcome" => "failed").increment(1);
-                        self.finish(position, K_FAILED, Some(&why))
+                        me.finish(position, K_FAILED, Some(&why))
                     }
                     Delivery::Retry(why, after) => {
                         p.attempts += 1;
-                        let exp = i64::try_from(self.config.backoff_initial_ms).unwrap_or(1000).saturating_mul(1 << p.attempts.min(16)).min(BACKOFF_MAX_MS);
+                        let exp = i64::try_from(me.config.backoff_initial_ms).unwrap_or(1000).saturating_mul(1 << p.attempts.min(16)).min(BACKOFF_MAX_MS);
                         let jitter = rand::thread_rng().gen_range(0..=exp / 4);
                         p.next_attempt_ms = UnixMillis::now().0 + after.unwrap_or(exp / 2 + jitter);
                         metrics::counter!("ledger_crm_activities_total", "outcome" => "retried").increment(1);
-                        self.retry(position, &p, &why)
+                        me.retry(position, &p, &why)
                     }
-                };
+                })
+                .await
+                .unwrap_or_else(|_| Err(ProjectionError::Ledger(LedgerError::ShuttingDown)));
                 if let Err(e) = result {
                     tracing::error!(error = %e, "CRM outbox write failed");
                 }

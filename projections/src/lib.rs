@@ -440,6 +440,8 @@ impl Runner {
     }
 
     /// Applies each chunk to the views and commits their rows and checkpoints in one synced batch.
+    /// Blocking: the runner's threads.
+    #[allow(clippy::disallowed_methods)]
     fn apply_chunks(
         &self,
         views: &[&dyn View],
@@ -499,6 +501,7 @@ impl Runner {
 
     /// Drops the views' rows and checkpoints, then builds them again from position 0 in one pass.
     /// Blocking.
+    #[allow(clippy::disallowed_methods)]
     pub fn rebuild(&self, views: &[&dyn View]) -> Result<u64, ProjectionError> {
         {
             let _held = self.lock_views(views);

@@ -128,7 +128,9 @@ impl Router {
         if !conv.triaged || !conv.active() {
             let attrs: BTreeMap<String, String> = tx.get_json(&attrs_key(h.customer))?.unwrap_or_default();
             let queue = self.rules.queue(a.intent, &conv.channel, &attrs, at);
-            let routed = if self.rules.needs_human(a.intent) { ConversationState::AwaitingAgent } else { ConversationState::Automated };
+            // An explicit request for a person goes to a person, whatever the intent.
+            let routed =
+                if a.human_requested || self.rules.needs_human(a.intent) { ConversationState::AwaitingAgent } else { ConversationState::Automated };
             let t = Triaged { schema: 1, intent: a.intent, queue: queue.clone(), routed, source_event_id: source.clone() };
             self.push(Effect::Append {
                 customer: h.customer,
@@ -158,7 +160,9 @@ impl Router {
                 let region = self.ledger.customer_region(h.customer)?;
                 conv.ack_event = Some(self.ledger.keyed_event_id(&region, space, &request_id)?.to_string());
                 let reply_to = Some(ReplyTo { stream: h.stream.clone(), inbound_ms: at });
-                let req = SendRequest { customer: h.customer, account, to, content: Content::Text { body: body.to_owned() }, request_id, thread, reply_to };
+                // Twilio: from the number the customer wrote to, on the channel they used.
+                let from = m["business_address"].as_str().map(str::to_owned);
+                let req = SendRequest { customer: h.customer, account, to, content: Content::Text { body: body.to_owned() }, request_id, thread, from, reply_to };
                 self.push(Effect::Send { req });
             }
         }
@@ -286,6 +290,7 @@ impl Router {
             content: Content::Text { body },
             request_id: format!("escalation:{key}"),
             thread: None,
+            from: None,
             reply_to: None,
         };
         match handle.block_on(outbound.send(req)) {
@@ -390,7 +395,7 @@ impl View for Router {
             return Ok(());
         }
         let Payload::Available(payload) = &event.payload else { return Ok(()) };
-        if h.customer == ledger::access::SYSTEM_CUSTOMER || tx.get(&erased_key(h.customer))?.is_some() {
+        if ledger::access::is_system_customer(h.customer) || tx.get(&erased_key(h.customer))?.is_some() {
             return Ok(());
         }
         let decode = || crate::json::<serde_json::Value>(ROUTER, payload);

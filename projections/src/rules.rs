@@ -202,10 +202,14 @@ pub struct Rules {
 pub struct Assessment {
     /// The intent.
     pub intent: Intent,
-    /// The language whose keywords matched most (English when none did).
+    /// The language detected first, from its common words and keywords (English when nothing
+    /// matched); the intent is then scored on that language's keywords only.
     pub lang: Lang,
     /// Whether the message is negative.
     pub negative: bool,
+    /// The customer asked for a person: the conversation goes to a human and is acknowledged,
+    /// whatever the intent.
+    pub human_requested: bool,
     /// An escalation the message itself triggers.
     pub escalation: Option<EscalationReason>,
 }
@@ -327,33 +331,64 @@ impl Rules {
         self.file.acknowledgement.get(key).or_else(|| self.file.acknowledgement.get("en")).map(String::as_str)
     }
 
-    /// Classifies a message. `replies_to_us`: it answers one of our own outbound messages.
-    pub fn assess(&self, text: &str, replies_to_us: bool) -> Assessment {
-        let t = normalize(text);
-        let mut best: Option<(usize, Intent)> = None;
-        let mut lang_hits = [0usize; 3];
-        for rule in &self.file.intent {
-            let per_lang = [hits(&t, &rule.en), hits(&t, &rule.es), hits(&t, &rule.pt)];
-            // An intent keyword says more about the language than a common word.
-            for (total, h) in lang_hits.iter_mut().zip(per_lang) {
-                *total += 2 * h;
-            }
-            let n: usize = per_lang.iter().sum();
-            if n > 0 && best.is_none_or(|(b, _)| n > b) {
-                best = Some((n, rule.name));
-            }
-        }
+    /// Which language `t` (normalized) is in: each language scores its common words, plus twice
+    /// each of its intent and human-request keywords (a keyword says more than a common word).
+    /// Ties prefer Portuguese over Spanish over English only when that language scored more.
+    fn detect_language(&self, t: &str) -> (Lang, [usize; 3]) {
         let l = &self.file.language;
-        for (total, words) in lang_hits.iter_mut().zip([&l.en, &l.es, &l.pt]) {
-            *total += hits(&t, words);
+        let mut scores = [hits(t, &l.en), hits(t, &l.es), hits(t, &l.pt)];
+        for rule in &self.file.intent {
+            for (score, words) in scores.iter_mut().zip([&rule.en, &rule.es, &rule.pt]) {
+                *score += 2 * hits(t, words);
+            }
         }
-        let e = &self.file.escalation;
-        let (human, keyword, negative) = (hits(&t, &e.human_request), hits(&t, &e.keywords), hits(&t, &e.negative));
-        let lang = match lang_hits {
+        let lang = match scores {
             [en, es, pt] if pt > en && pt >= es => Lang::Pt,
             [en, es, _] if es > en => Lang::Es,
             _ => Lang::En,
         };
+        (lang, scores)
+    }
+
+    /// Classifies a message. `replies_to_us`: it answers one of our own outbound messages.
+    ///
+    /// The language is detected first and the intent scored on that language's keywords alone,
+    /// so a word two languages share ("pedido" is Spanish and Portuguese) counts once, not once
+    /// per list. When the detected language has no keyword hit, every language's distinct
+    /// keywords are tried, each counted once. Ties go to the earlier `[[intent]]` rule.
+    pub fn assess(&self, text: &str, replies_to_us: bool) -> Assessment {
+        let t = normalize(text);
+        let (lang, _) = self.detect_language(&t);
+        let index = match lang {
+            Lang::En => 0,
+            Lang::Es => 1,
+            Lang::Pt => 2,
+        };
+        let score_in = |rule: &IntentRule, only: Option<usize>| -> usize {
+            let lists = [&rule.en, &rule.es, &rule.pt];
+            match only {
+                Some(i) => hits(&t, lists[i]),
+                None => {
+                    let mut distinct: Vec<&String> = lists.iter().flat_map(|l| l.iter()).filter(|w| t.contains(w.as_str())).collect();
+                    distinct.sort_unstable();
+                    distinct.dedup();
+                    distinct.len()
+                }
+            }
+        };
+        let best_of = |only: Option<usize>| {
+            let mut best: Option<(usize, Intent)> = None;
+            for rule in &self.file.intent {
+                let n = score_in(rule, only);
+                if n > 0 && best.is_none_or(|(b, _)| n > b) {
+                    best = Some((n, rule.name));
+                }
+            }
+            best
+        };
+        let best = best_of(Some(index)).or_else(|| best_of(None));
+        let e = &self.file.escalation;
+        let (human, keyword, negative) = (hits(&t, &e.human_request), hits(&t, &e.keywords), hits(&t, &e.negative));
         let intent = match best {
             Some((_, intent)) => intent,
             None if replies_to_us => Intent::UnpromptedReply,
@@ -366,7 +401,7 @@ impl Rules {
         } else {
             None
         };
-        Assessment { intent, lang, negative: negative > 0, escalation }
+        Assessment { intent, lang, negative: negative > 0, human_requested: human > 0, escalation }
     }
 
     /// Whether `at_ms` (unix ms) falls in business hours.

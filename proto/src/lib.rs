@@ -2,6 +2,9 @@
 //! prost; everything else converts to and from these types at the gRPC edge.
 #![allow(missing_docs, clippy::all)]
 
+pub mod codec;
+pub mod codes;
+
 /// `ledger.v1`: the ledger's public API.
 pub mod ledger {
     /// Version 1 of the API.

@@ -48,10 +48,12 @@ pub const CANARY_APP_SECRET: &str = "canary-app-secret-7f3a9c1e5b";
 pub const CANARY_VERIFY_TOKEN: &str = "canary-verify-token-2d8e4f6a0c";
 
 /// Every secret-looking value (`*secret*`, `*token*`, `*key*` fields of 8 characters or more) in a
-/// configuration file.
+/// configuration file. File paths (`key`, `signing_key`, `keyring`) name where a secret is, not the
+/// secret, and the server may log them.
 fn configured_secrets(config: &Path) -> Vec<String> {
     fn walk(v: &toml::Value, key: &str, out: &mut Vec<String>) {
         match v {
+            toml::Value::String(s) if s.starts_with('/') || s.starts_with("./") => {}
             toml::Value::String(s) if s.len() >= 8 && ["secret", "token", "key"].iter().any(|k| key.contains(k)) => out.push(s.clone()),
             toml::Value::Table(t) => t.iter().for_each(|(k, v)| walk(v, k, out)),
             toml::Value::Array(a) => a.iter().for_each(|v| walk(v, key, out)),
@@ -327,8 +329,7 @@ pub async fn read_all(client: &mut LedgerClient<Conn>) -> Vec<pb::RecordedEvent>
 /// Reads the whole log through ReadAll, leaving out the ledger's own system events (the access
 /// records that every decrypting read, this one included, appends).
 pub async fn read_customer_events(client: &mut LedgerClient<Conn>) -> Vec<pb::RecordedEvent> {
-    let system = ledger::access::SYSTEM_CUSTOMER.to_string();
-    read_all(client).await.into_iter().filter(|e| e.customer_id != system).collect()
+    read_all(client).await.into_iter().filter(|e| !e.customer_id.parse().is_ok_and(|c: uuid::Uuid| ledger::access::is_system_customer(ledger::types::CustomerId(c)))).collect()
 }
 
 pub async fn read_stream(client: &mut LedgerClient<Conn>, customer: &str, stream: &str) -> Vec<pb::RecordedEvent> {
@@ -394,4 +395,15 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
         }
     }
     hits
+}
+
+/// Every gRPC method path the server describes (`/ledger.v1.Ledger/Append`, ...), from the
+/// descriptor set: matrices check they list them all.
+pub fn all_method_paths() -> Vec<String> {
+    use prost::Message;
+    let set = prost_types::FileDescriptorSet::decode(proto::v1::FILE_DESCRIPTOR_SET).unwrap();
+    set.file
+        .iter()
+        .flat_map(|f| f.service.iter().flat_map(move |s| s.method.iter().map(move |m| format!("/{}.{}/{}", f.package(), s.name(), m.name()))))
+        .collect()
 }
