@@ -4,7 +4,6 @@
 //! identity resolution (three ways of writing one number, linking, erasure) over gRPC.
 
 mod common;
-use std::io::{Read, Write};
 use std::path::Path;
 
 use common::*;
@@ -42,21 +41,6 @@ fn start() -> (Server, tempfile::TempDir) {
     (Server::start(&["--config", config.to_str().unwrap()]), dir)
 }
 
-/// A raw HTTP/1.1 request; returns (status, body).
-fn request(server: &Server, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(&server.http_addr).unwrap();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).unwrap();
-    let _ = s.write_all(body);
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    let status = text.split_whitespace().nth(1).unwrap_or("0").parse().unwrap();
-    (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
-}
 
 fn hmac256(key: &str, parts: &[&[u8]]) -> Vec<u8> {
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
@@ -106,37 +90,37 @@ fn payload(e: &pb::RecordedEvent) -> serde_json::Value {
 async fn every_fixture_ingests_once_and_bad_requests_write_nothing() {
     let (server, _dir) = start();
     // WhatsApp handshake.
-    let (code, body) = request(&server, "GET", "/webhooks/whatsapp?hub.mode=subscribe&hub.verify_token=verify-me&hub.challenge=12345", &[], b"");
+    let (code, body) = http_request(&server, "GET", "/webhooks/whatsapp?hub.mode=subscribe&hub.verify_token=verify-me&hub.challenge=12345", &[], b"");
     assert_eq!((code, body.as_str()), (200, "12345"));
-    assert_eq!(request(&server, "GET", "/webhooks/whatsapp?hub.mode=subscribe&hub.verify_token=wrong&hub.challenge=1", &[], b"").0, 403);
+    assert_eq!(http_request(&server, "GET", "/webhooks/whatsapp?hub.mode=subscribe&hub.verify_token=wrong&hub.challenge=1", &[], b"").0, 403);
 
     // Refusals first: nothing may be written by any of them.
     let wa = fixture("whatsapp-inbound-text.json");
-    assert_eq!(request(&server, "POST", "/webhooks/whatsapp", &[], &wa).0, 401, "missing signature");
+    assert_eq!(http_request(&server, "POST", "/webhooks/whatsapp", &[], &wa).0, 401, "missing signature");
     let mut flipped = wa.clone();
     flipped[40] ^= 1;
-    assert_eq!(request(&server, "POST", "/webhooks/whatsapp", &whatsapp_headers(&wa), &flipped).0, 401, "a changed body");
+    assert_eq!(http_request(&server, "POST", "/webhooks/whatsapp", &whatsapp_headers(&wa), &flipped).0, 401, "a changed body");
     let bad = b"{\"object\":\"whatsapp_business_account\",\"entry\":[{\"changes\":[{\"field\":\"messages\",\"value\":{\"metadata\":{}}}]}]}";
-    let (code, body) = request(&server, "POST", "/webhooks/whatsapp", &whatsapp_headers(bad), bad);
+    let (code, body) = http_request(&server, "POST", "/webhooks/whatsapp", &whatsapp_headers(bad), bad);
     assert_eq!(code, 400);
     assert!(body.contains("phone_number_id"), "{body}");
     let big = vec![b' '; 70_000];
-    assert_eq!(request(&server, "POST", "/webhooks/whatsapp", &whatsapp_headers(&big), &big).0, 413);
+    assert_eq!(http_request(&server, "POST", "/webhooks/whatsapp", &whatsapp_headers(&big), &big).0, 413);
     let slack = fixture("slack-event-message.json");
-    assert_eq!(request(&server, "POST", "/webhooks/slack", &slack_headers(&slack, now() - 400), &slack).0, 401, "stale Slack timestamp");
+    assert_eq!(http_request(&server, "POST", "/webhooks/slack", &slack_headers(&slack, now() - 400), &slack).0, 401, "stale Slack timestamp");
     let twilio = fixture("twilio-sms-inbound.form");
     let mut wrong = twilio_headers(&twilio);
     wrong[1].1 = "AAAA".into();
-    assert_eq!(request(&server, "POST", "/webhooks/twilio", &wrong, &twilio).0, 401);
+    assert_eq!(http_request(&server, "POST", "/webhooks/twilio", &wrong, &twilio).0, 401);
     assert!(customer_events(&server).await.is_empty(), "a refused webhook wrote something");
 
     // Each fixture three times: one event each.
     for _ in 0..3 {
-        assert_eq!(request(&server, "POST", "/webhooks/whatsapp", &whatsapp_headers(&wa), &wa).0, 200);
+        assert_eq!(http_request(&server, "POST", "/webhooks/whatsapp", &whatsapp_headers(&wa), &wa).0, 200);
         let status = fixture("whatsapp-status-failed.json");
-        assert_eq!(request(&server, "POST", "/webhooks/whatsapp", &whatsapp_headers(&status), &status).0, 200);
-        assert_eq!(request(&server, "POST", "/webhooks/slack", &slack_headers(&slack, now()), &slack).0, 200);
-        assert_eq!(request(&server, "POST", "/webhooks/twilio", &twilio_headers(&twilio), &twilio).0, 200);
+        assert_eq!(http_request(&server, "POST", "/webhooks/whatsapp", &whatsapp_headers(&status), &status).0, 200);
+        assert_eq!(http_request(&server, "POST", "/webhooks/slack", &slack_headers(&slack, now()), &slack).0, 200);
+        assert_eq!(http_request(&server, "POST", "/webhooks/twilio", &twilio_headers(&twilio), &twilio).0, 200);
     }
     let events = customer_events(&server).await;
     assert_eq!(events.len(), 4, "{events:#?}");
@@ -158,7 +142,7 @@ async fn every_fixture_ingests_once_and_bad_requests_write_nothing() {
 
     // Slack's url_verification is answered with the challenge.
     let v = br#"{"type":"url_verification","challenge":"abc123","token":"x"}"#;
-    let (code, body) = request(&server, "POST", "/webhooks/slack", &slack_headers(v, now()), v);
+    let (code, body) = http_request(&server, "POST", "/webhooks/slack", &slack_headers(v, now()), v);
     assert_eq!(code, 200);
     assert!(body.contains("abc123"));
     // No identifier and no message text is stored in the clear: headers and keys are opaque.
@@ -193,7 +177,7 @@ async fn one_person_written_three_ways_is_one_customer_and_erasure_forgets_them(
     // The WhatsApp sender with that number is the same person.
     let wa = fixture("whatsapp-inbound-text.json");
     let wa = String::from_utf8(wa).unwrap().replace("16505551234", "5511912345678").into_bytes();
-    assert_eq!(request(&server, "POST", "/webhooks/whatsapp", &whatsapp_headers(&wa), &wa).0, 200);
+    assert_eq!(http_request(&server, "POST", "/webhooks/whatsapp", &whatsapp_headers(&wa), &wa).0, 200);
     assert_eq!(customer_events(&server).await[0].customer_id, ids[0]);
     // Link an email; it resolves to the same customer, and cannot be linked to another.
     let email = identifier(pb::IdentifierKind::Email, "Ana.Souza@Example.com.br");
@@ -248,12 +232,12 @@ async fn email_and_teams_are_authenticated_and_ingested_once() {
     // Raw MIME from a relay, signed over the raw bytes.
     let eml = fixture("email-inbound.eml");
     let sig = |body: &[u8]| vec![("Content-Type", "message/rfc822".to_owned()), ("X-Ledger-Signature", format!("sha256={}", hex::encode(hmac256(MIME_SECRET, &[body]))))];
-    assert_eq!(request(&server, "POST", "/webhooks/email", &[("Content-Type", "message/rfc822".into())], &eml).0, 401);
+    assert_eq!(http_request(&server, "POST", "/webhooks/email", &[("Content-Type", "message/rfc822".into())], &eml).0, 401);
     let mut changed = eml.clone();
     changed[100] ^= 1;
-    assert_eq!(request(&server, "POST", "/webhooks/email", &sig(&eml), &changed).0, 401);
+    assert_eq!(http_request(&server, "POST", "/webhooks/email", &sig(&eml), &changed).0, 401);
     for _ in 0..3 {
-        assert_eq!(request(&server, "POST", "/webhooks/email", &sig(&eml), &eml).0, 200);
+        assert_eq!(http_request(&server, "POST", "/webhooks/email", &sig(&eml), &eml).0, 200);
     }
     // Mailgun's form with the raw message in body-mime (another Message-ID: a second email).
     let second = String::from_utf8(eml.clone()).unwrap().replace("CAF=41532.payment", "CAF=41533.followup");
@@ -268,10 +252,10 @@ async fn email_and_teams_are_authenticated_and_ingested_once() {
             .finish()
     };
     let form = [("Content-Type", "application/x-www-form-urlencoded".to_owned())];
-    assert_eq!(request(&server, "POST", "/webhooks/email", &form, mailgun(now() - 600).as_bytes()).0, 401, "stale Mailgun timestamp");
+    assert_eq!(http_request(&server, "POST", "/webhooks/email", &form, mailgun(now() - 600).as_bytes()).0, 401, "stale Mailgun timestamp");
     let bad_sig = mailgun(now()).replace("signature=", "signature=00");
-    assert_eq!(request(&server, "POST", "/webhooks/email", &form, bad_sig.as_bytes()).0, 401);
-    assert_eq!(request(&server, "POST", "/webhooks/email", &form, mailgun(now()).as_bytes()).0, 200);
+    assert_eq!(http_request(&server, "POST", "/webhooks/email", &form, bad_sig.as_bytes()).0, 401);
+    assert_eq!(http_request(&server, "POST", "/webhooks/email", &form, mailgun(now()).as_bytes()).0, 200);
 
     // Teams: a Bot Framework token from the configured JWKS, right issuer, audience and time.
     let activity = serde_json::json!({"type":"message","id":"1749488591123","timestamp":"2025-06-09T17:03:11.123Z",
@@ -281,26 +265,26 @@ async fn email_and_teams_are_authenticated_and_ingested_once() {
     let bearer = |claims: serde_json::Value| vec![("Content-Type", "application/json".to_owned()), ("Authorization", format!("Bearer {}", teams_token(claims)))];
     let mut claims = good.clone();
     claims["aud"] = "another-app".into();
-    assert_eq!(request(&server, "POST", "/webhooks/teams", &bearer(claims), activity.as_bytes()).0, 401, "audience");
+    assert_eq!(http_request(&server, "POST", "/webhooks/teams", &bearer(claims), activity.as_bytes()).0, 401, "audience");
     let mut claims = good.clone();
     claims["iss"] = "https://evil.example".into();
-    assert_eq!(request(&server, "POST", "/webhooks/teams", &bearer(claims), activity.as_bytes()).0, 401, "issuer");
+    assert_eq!(http_request(&server, "POST", "/webhooks/teams", &bearer(claims), activity.as_bytes()).0, 401, "issuer");
     let mut claims = good.clone();
     claims["exp"] = (now() - 400).into();
-    assert_eq!(request(&server, "POST", "/webhooks/teams", &bearer(claims), activity.as_bytes()).0, 401, "expired beyond the skew");
+    assert_eq!(http_request(&server, "POST", "/webhooks/teams", &bearer(claims), activity.as_bytes()).0, 401, "expired beyond the skew");
     let mut tampered = bearer(good.clone());
     // Change a character in the middle of the signature (the last one may carry only padding bits).
     let mut t = tampered[1].1.clone().into_bytes();
     let mid = t.iter().rposition(|&b| b == b'.').unwrap() + 20;
     t[mid] = if t[mid] == b'A' { b'B' } else { b'A' };
     tampered[1].1 = String::from_utf8(t).unwrap();
-    assert_eq!(request(&server, "POST", "/webhooks/teams", &tampered, activity.as_bytes()).0, 401, "signature");
-    assert_eq!(request(&server, "POST", "/webhooks/teams", &[], activity.as_bytes()).0, 401, "no token");
+    assert_eq!(http_request(&server, "POST", "/webhooks/teams", &tampered, activity.as_bytes()).0, 401, "signature");
+    assert_eq!(http_request(&server, "POST", "/webhooks/teams", &[], activity.as_bytes()).0, 401, "no token");
     assert!(customer_events(&server).await.iter().all(|e| e.channel != pb::Channel::Teams as i32));
     let mut claims = good.clone();
     claims["exp"] = (now() - 100).into();
     for c in [good.clone(), claims] {
-        assert_eq!(request(&server, "POST", "/webhooks/teams", &bearer(c), activity.as_bytes()).0, 200, "valid (and expired within the skew)");
+        assert_eq!(http_request(&server, "POST", "/webhooks/teams", &bearer(c), activity.as_bytes()).0, 200, "valid (and expired within the skew)");
     }
 
     let events = customer_events(&server).await;

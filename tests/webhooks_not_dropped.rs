@@ -51,18 +51,7 @@ fn now() -> i64 {
 
 /// A raw HTTP/1.1 POST; returns the status.
 fn post(server: &Server, path: &str, headers: &[(&str, String)], body: &[u8]) -> u16 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(&server.http_addr).unwrap();
-    let mut head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).unwrap();
-    let _ = s.write_all(body);
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    text.split_whitespace().nth(1).unwrap_or("0").parse().unwrap()
+    http_request(server, "POST", path, headers, body).0
 }
 
 fn slack(server: &Server, event_id: &str, event: serde_json::Value) -> u16 {

@@ -407,3 +407,19 @@ pub fn all_method_paths() -> Vec<String> {
         .flat_map(|f| f.service.iter().flat_map(move |s| s.method.iter().map(move |m| format!("/{}.{}/{}", f.package(), s.name(), m.name()))))
         .collect()
 }
+
+/// A raw HTTP/1.1 request; returns (status, body).
+pub fn http_request(server: &Server, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(&server.http_addr).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    let _ = s.write_all(body);
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let status = text.split_whitespace().nth(1).unwrap_or("0").parse().unwrap();
+    (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+}
