@@ -12,6 +12,7 @@ mod messaging;
 mod privacy;
 mod proof_file;
 mod quota;
+mod sim;
 mod streams;
 mod tls;
 mod verify;
@@ -63,6 +64,9 @@ enum Command {
     /// Create, revoke and list bearer tokens.
     #[command(subcommand)]
     Tokens(dpo::TokensCommand),
+    /// Run the engine's deterministic simulation with storage faults for one seed (or several);
+    /// a failure prints the command that replays it.
+    Sim(sim::SimArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -108,6 +112,7 @@ fn main() -> anyhow::Result<()> {
         Command::Keys(cmd) => runtime.block_on(dpo::keys(cmd)),
         Command::Projections(cmd) => runtime.block_on(dpo::projections(cmd)),
         Command::Tokens(cmd) => runtime.block_on(dpo::tokens(cmd)),
+        Command::Sim(args) => std::process::exit(if sim::run(args) { 0 } else { 1 }),
         Command::Audit(AuditCommand::PublicKey { data_dir, signing_key, origin }) => {
             let path = signing_key.unwrap_or_else(|| data_dir.join("signing.key"));
             let key = ledger::keys::SigningKey::open(&path)

@@ -8,15 +8,19 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rocksdb::{Direction as IterDirection, IteratorMode, DB};
+use std::ops::ControlFlow;
+
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::access::{AccessRecord, ACCESS_EVENT_TYPE, ACCESS_SCHEMA_VERSION, ACCESS_STREAM, SYSTEM_CUSTOMER};
 use crate::codec::{EventHeader, PrecommitHeader, RecordRef};
 use crate::error::LedgerError;
-use crate::keys::{generate_dek, CustomerKey, KeyCache, Keyring, SigningKey};
+use crate::env::{Clock, Rng, SystemClock, SystemRng};
+use crate::keys::{generate_dek_with, CustomerKey, KeyCache, Keyring, SigningKey};
 use crate::limits::{EngineTuning, Limits};
 use crate::merkle::{frontier_coordinates, leaf_hash, sha256, Frontier, Hash};
+use crate::plan::PlannerMutation;
+use crate::storage::{CommitLog, Dir, KeyStore, Space};
 use crate::store::{self, CustomerRecord, CustomerState, TreeState};
 use crate::types::*;
 use crate::writer::{AppendCommand, AppendOutcome, CommittedBatch, NewCustomer, Rejection, SealedEvent, Shared, Writer, WriterMsg};
@@ -282,8 +286,42 @@ enum KeyLookup {
     Unknown,
 }
 
+/// What a ledger runs on: its two storage seams, its clock and its randomness.
+pub struct Backends {
+    /// Where committed batches are made durable and read back.
+    pub log: Arc<dyn CommitLog>,
+    /// Where wrapped data keys live.
+    pub keys: Arc<dyn KeyStore>,
+    /// The time the ledger records.
+    pub clock: Arc<dyn Clock>,
+    /// Data keys, nonces and generated ids.
+    pub rng: Arc<dyn Rng>,
+    /// No writer thread: the owner drives the writer with [`Ledger::step_writer`] (the
+    /// simulator does, to decide every interleaving itself).
+    pub manual_writer: bool,
+    /// A deliberate planner bug for the simulator's self-test.
+    #[doc(hidden)]
+    pub mutation: Option<PlannerMutation>,
+}
+
+impl Backends {
+    /// The production backends: RocksDB at `config.db_path()` for both seams, the system clock
+    /// and the OS-seeded CSPRNG, a writer thread.
+    pub fn local(config: &LedgerConfig) -> Result<Backends, LedgerError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| LedgerError::Io { path: config.data_dir.display().to_string(), source: e })?;
+        let store = crate::storage::rocks::RocksStore::open(&config.db_path())?;
+        Ok(Backends { log: store.clone(), keys: store, clock: Arc::new(SystemClock), rng: Arc::new(SystemRng), manual_writer: false, mutation: None })
+    }
+}
+
+/// A writer driven by hand, with its queue.
+type ManualWriter = (Writer, mpsc::Receiver<WriterMsg>);
+
 pub(crate) struct Inner {
-    pub(crate) db: Arc<DB>,
+    pub(crate) log: Arc<dyn CommitLog>,
+    pub(crate) key_store: Arc<dyn KeyStore>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) rng: Arc<dyn Rng>,
     pub(crate) config: LedgerConfig,
     pub(crate) served: HashSet<Region>,
     /// Written only by KEK rotation and destruction.
@@ -296,6 +334,7 @@ pub(crate) struct Inner {
     shared: Arc<Shared>,
     pub(crate) tx: mpsc::Sender<WriterMsg>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    manual: Mutex<Option<ManualWriter>>,
     closing: AtomicBool,
 }
 
@@ -316,26 +355,33 @@ impl Ledger {
     /// opens RocksDB, runs the startup check and starts the writer. A store that fails the check
     /// is refused with an error that says what is wrong.
     pub fn open(config: LedgerConfig) -> Result<(Ledger, OpenReport), LedgerError> {
+        Self::validate_config(&config)?;
+        let backends = Backends::local(&config)?;
+        Self::open_with(config, backends)
+    }
+
+    fn validate_config(config: &LedgerConfig) -> Result<(), LedgerError> {
         if config.regions.is_empty() {
             return Err(LedgerError::invalid("regions", "at least one region must be served"));
         }
         config.limits.validate().map_err(|reason| LedgerError::InvalidArgument { field: "limits", reason })?;
+        Ok(())
+    }
+
+    /// Opens the ledger on the given backends: as [`Ledger::open`], with the commit log, key
+    /// store, clock and randomness chosen by the caller.
+    pub fn open_with(config: LedgerConfig, backends: Backends) -> Result<(Ledger, OpenReport), LedgerError> {
+        Self::validate_config(&config)?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| LedgerError::Io { path: config.data_dir.display().to_string(), source: e })?;
         let (keyring, keyring_written) = Keyring::open_or_create(&config.keyring_path(), &config.regions)?;
         let (signing, signing_key_created) = SigningKey::open_or_create(&config.signing_key_path())?;
-        let db = store::open(&config.db_path())?;
-        let meta = db.cf_handle(store::CF_META).expect("meta cf");
-        match db.get_cf(&meta, store::META_FORMAT)? {
-            None => db.put_cf(&meta, store::META_FORMAT, store::STORE_FORMAT.to_be_bytes())?,
-            Some(v) if v.as_slice() == store::STORE_FORMAT.to_be_bytes() => {}
-            Some(_) => return Err(LedgerError::Corrupt("store format is not supported by this version".into())),
-        }
-        let tree = match db.get_cf(&meta, store::META_TREE)? {
-            Some(bytes) => TreeState::decode(&bytes)?,
+        let Backends { log, keys: key_store, clock, rng, manual_writer, mutation } = backends;
+        let tree = match log.get_map(Space::Meta, store::META_TREE, TreeState::decode)? {
+            Some(tree) => tree,
             None => TreeState { size: 0, root: crate::merkle::empty_root() },
         };
-        let (frontier, events_checked) = check_store(&db, &tree, config.startup_check, config.tuning.quick_check_events)?;
+        let (frontier, events_checked) = check_store(&*log, &tree, config.startup_check, config.tuning.quick_check_events)?;
         let (batches, _) = broadcast::channel(config.tuning.subscription_buffer_batches.max(1));
         let keys = Arc::new(KeyCache::new(config.tuning.key_cache_entries_max, Duration::from_secs(config.tuning.key_cache_ttl_secs)));
         let shared = Arc::new(Shared {
@@ -350,22 +396,30 @@ impl Ledger {
             poisoned_watch: tokio::sync::watch::channel(false).0,
         });
         let (tx, rx) = mpsc::channel(config.tuning.write_queue_appends_max.max(1));
-        let writer = Writer::new(db.clone(), shared.clone(), frontier, config.tuning.clone());
-        install_writer_panic_hook();
-        let thread_shared = Arc::downgrade(&shared);
-        let handle = std::thread::Builder::new()
-            .name("ledger-writer".into())
-            .spawn(move || {
-                WRITER_SHARED.with(|w| *w.borrow_mut() = Some(thread_shared));
-                writer.run(rx)
-            })
-            .map_err(|e| LedgerError::Io { path: "writer thread".into(), source: e })?;
+        let writer = Writer::new(log.clone(), key_store.clone(), shared.clone(), frontier, config.tuning.clone(), mutation);
+        let (handle, manual) = if manual_writer {
+            (None, Some((writer, rx)))
+        } else {
+            install_writer_panic_hook();
+            let thread_shared = Arc::downgrade(&shared);
+            let handle = std::thread::Builder::new()
+                .name("ledger-writer".into())
+                .spawn(move || {
+                    WRITER_SHARED.with(|w| *w.borrow_mut() = Some(thread_shared));
+                    writer.run(rx)
+                })
+                .map_err(|e| LedgerError::Io { path: "writer thread".into(), source: e })?;
+            (Some(handle), None)
+        };
         metrics::gauge!("ledger_tree_size").set(tree.size as f64);
         metrics::gauge!("ledger_store_poisoned").set(0.0);
         let served = config.regions.iter().cloned().collect();
         let ledger = Ledger {
             inner: Arc::new(Inner {
-                db,
+                log,
+                key_store,
+                clock,
+                rng,
                 served,
                 keyring: RwLock::new(keyring),
                 key_file_writes: Mutex::new(()),
@@ -373,7 +427,8 @@ impl Ledger {
                 keys,
                 shared,
                 tx,
-                writer: Mutex::new(Some(handle)),
+                writer: Mutex::new(handle),
+                manual: Mutex::new(manual),
                 closing: AtomicBool::new(false),
                 config,
             }),
@@ -404,7 +459,7 @@ impl Ledger {
     /// The current tree head, signed as a C2SP checkpoint. Returns the checkpoint and the note.
     pub fn signed_tree_head(&self) -> (crate::checkpoint::Checkpoint, String) {
         let tree = self.tree();
-        let cp = crate::checkpoint::Checkpoint { origin: self.origin(), size: tree.size, root: tree.root, timestamp_ms: UnixMillis::now().0 };
+        let cp = crate::checkpoint::Checkpoint { origin: self.origin(), size: tree.size, root: tree.root, timestamp_ms: self.inner.clock.now().0 };
         let note = self.inner.signing.sign_note(&cp.to_text(), &cp.origin);
         (cp, note)
     }
@@ -414,9 +469,10 @@ impl Ledger {
         if position.0 >= self.committed_size() {
             return Err(LedgerError::OutOfRange { what: "position", reason: format!("must be below {}", self.committed_size()) });
         }
-        let cf = self.inner.db.cf_handle(store::CF_EVENTS).expect("events cf");
-        let bytes = self.inner.db.get_pinned_cf(&cf, store::event_key(position))?.ok_or_else(|| integrity(position, "event is missing"))?;
-        Ok(RecordRef::decode(&bytes)?.leaf)
+        self.inner
+            .log
+            .get_map(Space::Events, &store::event_key(position), |bytes| Ok(RecordRef::decode(bytes)?.leaf))?
+            .ok_or_else(|| integrity(position, "event is missing"))
     }
 
     /// Number of committed events.
@@ -466,24 +522,20 @@ impl Ledger {
         self.inner.shared.batches.subscribe()
     }
 
-    /// Bytes of SST and WAL files, for the metrics endpoint.
+    /// Bytes the store takes on disk, for the metrics endpoint.
     pub fn store_size_bytes(&self) -> u64 {
-        let mut total = 0;
-        for name in store::ALL_CFS {
-            if let Some(cf) = self.inner.db.cf_handle(name) {
-                total += self.inner.db.property_int_value_cf(&cf, "rocksdb.total-sst-files-size").ok().flatten().unwrap_or(0);
-            }
+        self.inner.log.size_bytes()
+    }
+
+    /// Runs the writer by hand, for a ledger opened with `manual_writer`: handles what is queued
+    /// (one batch, or one control change) and returns whether there was anything. Never blocks.
+    #[doc(hidden)]
+    pub fn step_writer(&self) -> bool {
+        let mut manual = self.inner.manual.lock().expect("writer lock");
+        match manual.as_mut() {
+            Some((writer, rx)) => writer.step(rx),
+            None => false,
         }
-        let wal: u64 = std::fs::read_dir(self.inner.config.db_path())
-            .map(|dir| {
-                dir.filter_map(Result::ok)
-                    .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
-                    .filter_map(|e| e.metadata().ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0);
-        total + wal
     }
 
     /// Appends events to one stream atomically. Returns only after the batch holding them is
@@ -524,10 +576,10 @@ impl Ledger {
         };
         let outcome = match region {
             Some(region) => {
-                let input = self.system_input(crate::access::system_customer_of(&region), region, ACCESS_STREAM, ACCESS_EVENT_TYPE, ACCESS_SCHEMA_VERSION, EventId::new_random(), metadata, payload)?;
+                let input = self.system_input(crate::access::system_customer_of(&region), region, ACCESS_STREAM, ACCESS_EVENT_TYPE, ACCESS_SCHEMA_VERSION, self.inner.rng.event_id(), metadata, payload)?;
                 self.append_unchecked(input).await.map(|o| o.first_position)
             }
-            None => self.append_system(ACCESS_STREAM, ACCESS_EVENT_TYPE, ACCESS_SCHEMA_VERSION, EventId::new_random(), metadata, payload).await,
+            None => self.append_system(ACCESS_STREAM, ACCESS_EVENT_TYPE, ACCESS_SCHEMA_VERSION, self.inner.rng.event_id(), metadata, payload).await,
         };
         metrics::counter!("ledger_access_records_total", "written" => if outcome.is_ok() { "yes" } else { "no" }).increment(1);
         outcome
@@ -635,11 +687,7 @@ impl Ledger {
     }
 
     pub(crate) fn load_customer(&self, customer: CustomerId) -> Result<Option<CustomerRecord>, LedgerError> {
-        let cf = self.inner.db.cf_handle(store::CF_CUSTOMERS).expect("customers cf");
-        match self.inner.db.get_pinned_cf(&cf, customer.as_bytes())? {
-            Some(bytes) => Ok(Some(CustomerRecord::decode(&bytes)?)),
-            None => Ok(None),
-        }
+        self.inner.log.get_map(Space::Customers, customer.as_bytes(), CustomerRecord::decode)
     }
 
     /// The customer's key for reading, from the cache or unwrapped from the store. The caller
@@ -655,13 +703,11 @@ impl Ledger {
         if rec.state == CustomerState::Erased {
             return Ok(KeyLookup::Erased);
         }
-        let cf = self.inner.db.cf_handle(store::CF_KEYS).expect("keys cf");
-        let Some(bytes) = self.inner.db.get_pinned_cf(&cf, customer.as_bytes())? else {
+        let Some(wrapped) = self.inner.key_store.get(customer)? else {
             // No wrapped key: the key was shredded.
             return Ok(KeyLookup::Erased);
         };
-        let (kek_version, wrapped) = store::decode_key_record(&bytes)?;
-        let dek = self.inner.keyring.read().expect("keyring lock").unwrap(&rec.region, customer, kek_version, wrapped)?;
+        let dek = self.inner.keyring.read().expect("keyring lock").unwrap(&rec.region, customer, wrapped.kek_version, &wrapped.wrapped)?;
         let key = Arc::new(CustomerKey::new(rec.region, rec.key_version, &dek));
         self.inner.config.hooks.at(HookPoint::KeyUnwrapped, customer);
         self.inner.keys.insert(customer, key.clone(), epoch);
@@ -698,13 +744,13 @@ impl Ledger {
             None => {
                 let region = region.ok_or_else(|| LedgerError::invalid("region", "is required for a new customer"))?;
                 self.check_served(region)?;
-                let dek = generate_dek();
-                let (kek_version, wrapped_dek) = self.inner.keyring.read().expect("keyring lock").wrap(region, customer, &dek)?;
+                let dek = generate_dek_with(&*self.inner.rng);
+                let (kek_version, wrapped_dek) = self.inner.keyring.read().expect("keyring lock").wrap_with(&*self.inner.rng, region, customer, &dek)?;
                 let record = CustomerRecord {
                     region: region.clone(),
                     state: CustomerState::Active,
                     key_version: 1,
-                    created_unix_ms: UnixMillis::now().0,
+                    created_unix_ms: self.inner.clock.now().0,
                 };
                 let key = Arc::new(CustomerKey::new(region.clone(), 1, &dek));
                 Ok((key, Some(NewCustomer { record, kek_version, wrapped_dek })))
@@ -713,7 +759,7 @@ impl Ledger {
     }
 
     fn seal_events(&self, input: &AppendInput, key: &CustomerKey) -> Result<Vec<SealedEvent>, LedgerError> {
-        let recorded_at = UnixMillis::now();
+        let recorded_at = self.inner.clock.now();
         let mut out = Vec::with_capacity(input.events.len());
         let mut content = Vec::new();
         for ev in &input.events {
@@ -740,7 +786,7 @@ impl Ledger {
             let mut header_bytes = Vec::with_capacity(content.len() - ev.payload.len() + crate::codec::COMMIT_SUFFIX_BYTES);
             header(ev.occurred_at.unwrap_or(recorded_at), recorded_at, key.key_version).encode_into(&mut header_bytes);
             let header = header_bytes;
-            let sealed = key.seal(&header, &ev.payload)?;
+            let sealed = key.seal_with(&*self.inner.rng, &header, &ev.payload)?;
             let sealed_hash = sha256(&sealed);
             out.push(SealedEvent { event_id: ev.event_id, content_mac, header, sealed, sealed_hash });
         }
@@ -814,27 +860,24 @@ impl Ledger {
             self.check_served(&rec.region)?;
         }
         let prefix = store::stream_prefix(customer, stream);
-        let cf = self.inner.db.cf_handle(store::CF_STREAMS).expect("streams cf");
         let start = match (from, backward) {
             (Some(v), _) => store::stream_key(&prefix, v),
             (None, false) => store::stream_key(&prefix, StreamVersion(0)),
             (None, true) => store::stream_key(&prefix, StreamVersion(u64::MAX)),
         };
-        let mode = IteratorMode::From(&start, if backward { IterDirection::Reverse } else { IterDirection::Forward });
         let mut positions = Vec::with_capacity(count.min(1024));
-        for item in self.inner.db.iterator_cf(&cf, mode) {
-            let (key, value) = item?;
+        let dir = if backward { Dir::Reverse } else { Dir::Forward };
+        self.inner.log.scan(Space::Streams, Some(&start), dir, &mut |key, value| {
             if key.len() != prefix.len() + 8 || !key.starts_with(&prefix) || positions.len() >= count {
-                break;
+                return Ok(ControlFlow::Break(()));
             }
-            positions.push(Position(store::be_u64(&value)?));
-        }
-        let events_cf = self.inner.db.cf_handle(store::CF_EVENTS).expect("events cf");
-        let keys: Vec<_> = positions.iter().map(|p| (&events_cf, store::event_key(*p))).collect();
-        let values = self.inner.db.multi_get_cf(keys);
+            positions.push(Position(store::be_u64(value)?));
+            Ok(ControlFlow::Continue(()))
+        })?;
+        let values = self.events_at(&positions)?;
         let mut out = Vec::with_capacity(positions.len());
         for (position, value) in positions.into_iter().zip(values) {
-            let bytes = value?.ok_or_else(|| integrity(position, "stream index points at a missing event"))?;
+            let bytes = value.ok_or_else(|| integrity(position, "stream index points at a missing event"))?;
             let ev = self.decode_record(position, &bytes, None)?.expect("no filter");
             if ev.header.customer != customer || ev.header.stream != stream.as_str() {
                 return Err(integrity(position, "stream index points at another stream's event"));
@@ -856,28 +899,25 @@ impl Ledger {
         bytes_max: usize,
         filter: &EventFilter,
     ) -> Result<(Vec<RecordedEvent>, Position), LedgerError> {
-        let cf = self.inner.db.cf_handle(store::CF_EVENTS).expect("events cf");
-        let mut iter = self.inner.db.raw_iterator_cf(&cf);
-        iter.seek(store::event_key(from));
         let mut next = from;
         let mut out = Vec::new();
         let mut bytes = 0usize;
         let stop = end.0.min(from.0.saturating_add(examine_max as u64));
-        while next.0 < stop && bytes < bytes_max {
-            if !iter.valid() {
-                iter.status()?;
+        if next.0 < stop && bytes < bytes_max {
+            self.inner.log.scan(Space::Events, Some(&store::event_key(from)), Dir::Forward, &mut |key, value| {
+                if store::be_u64(key)? != next.0 {
+                    return Err(integrity(next, "event is missing"));
+                }
+                if let Some(ev) = self.decode_record(next, value, Some(filter))? {
+                    bytes += ev.approx_bytes();
+                    out.push(ev);
+                }
+                next = Position(next.0 + 1);
+                Ok(if next.0 < stop && bytes < bytes_max { ControlFlow::Continue(()) } else { ControlFlow::Break(()) })
+            })?;
+            if next.0 < stop && bytes < bytes_max {
                 return Err(integrity(next, "event is missing"));
             }
-            let key = store::be_u64(iter.key().expect("valid iterator has a key"))?;
-            if key != next.0 {
-                return Err(integrity(next, "event is missing"));
-            }
-            if let Some(ev) = self.decode_record(next, iter.value().expect("valid iterator has a value"), Some(filter))? {
-                bytes += ev.approx_bytes();
-                out.push(ev);
-            }
-            next = Position(next.0 + 1);
-            iter.next();
         }
         Ok((out, next))
     }
@@ -918,24 +958,20 @@ impl Ledger {
             Some(s) => store::stream_prefix(customer, s),
             None => customer.as_bytes().to_vec(),
         };
-        let cf = self.inner.db.cf_handle(store::CF_STREAMS).expect("streams cf");
         let mut positions = Vec::new();
-        for item in self.inner.db.prefix_iterator_cf(&cf, &prefix) {
-            let (key, value) = item?;
-            if !key.starts_with(&prefix) {
-                break;
-            }
+        self.inner.log.scan_prefix(Space::Streams, &prefix, &mut |key, value| {
             if stream.is_some() && key.len() != prefix.len() + 8 {
-                continue;
+                return Ok(ControlFlow::Continue(()));
             }
-            let p = store::be_u64(&value)?;
+            let p = store::be_u64(value)?;
             if (from.0..to.0).contains(&p) {
                 positions.push(Position(p));
             } else if stream.is_some() && p >= to.0 {
                 // One stream's versions are in position order: nothing further can be in range.
-                break;
+                return Ok(ControlFlow::Break(()));
             }
-        }
+            Ok(ControlFlow::Continue(()))
+        })?;
         positions.sort_unstable();
         Ok(positions)
     }
@@ -945,15 +981,13 @@ impl Ledger {
     /// neighbouring events share most of their proof. Blocking.
     pub fn proven_events(&self, positions: &[Position], tree_size: u64, nodes: &mut NodeCache) -> Result<Vec<ProvenEvent>, LedgerError> {
         self.check_tree_size("tree_size", tree_size)?;
-        let events_cf = self.inner.db.cf_handle(store::CF_EVENTS).expect("events cf");
-        let keys: Vec<_> = positions.iter().map(|p| (&events_cf, store::event_key(*p))).collect();
-        let values = self.inner.db.multi_get_cf(keys);
+        let values = self.events_at(positions)?;
         let mut out = Vec::with_capacity(positions.len());
         for (&position, value) in positions.iter().zip(values) {
             if position.0 >= tree_size {
                 return Err(LedgerError::OutOfRange { what: "position", reason: format!("must be below tree_size {tree_size}") });
             }
-            let bytes = value?.ok_or_else(|| integrity(position, "event is missing"))?;
+            let bytes = value.ok_or_else(|| integrity(position, "event is missing"))?;
             let (event, sealed_hash) = self.decode_record_parts(position, &bytes, None)?.expect("no filter");
             let header = RecordRef::decode(&bytes)?.header.to_vec();
             let proof = crate::merkle::inclusion_proof_by_ranges(position.0, tree_size, &mut |start, end| {
@@ -968,17 +1002,16 @@ impl Ledger {
     /// ciphertext and checked against the stored leaf. Nothing is decrypted. Blocking.
     pub fn leaf_hashes(&self, from: Position, to: Position) -> Result<Vec<Hash>, LedgerError> {
         let to = Position(to.0.min(self.committed_size()));
-        let cf = self.inner.db.cf_handle(store::CF_EVENTS).expect("events cf");
-        let mut iter = self.inner.db.raw_iterator_cf(&cf);
-        iter.seek(store::event_key(from));
         let mut out = Vec::with_capacity(to.0.saturating_sub(from.0) as usize);
         let mut next = from;
-        while next < to {
-            if !iter.valid() || iter.key().map(store::be_u64).transpose()? != Some(next.0) {
-                iter.status()?;
+        if next >= to {
+            return Ok(out);
+        }
+        self.inner.log.scan(Space::Events, Some(&store::event_key(from)), Dir::Forward, &mut |key, value| {
+            if store::be_u64(key)? != next.0 {
                 return Err(integrity(next, "event is missing"));
             }
-            let rec = RecordRef::decode(iter.value().expect("valid iterator has a value")).map_err(|e| integrity(next, &e.to_string()))?;
+            let rec = RecordRef::decode(value).map_err(|e| integrity(next, &e.to_string()))?;
             // The committed header ends with the position and the stream version.
             let named = store::be_u64(&rec.header[rec.header.len() - crate::codec::COMMIT_SUFFIX_BYTES..])?;
             if named != next.0 {
@@ -989,20 +1022,29 @@ impl Ledger {
             }
             out.push(rec.leaf);
             next = Position(next.0 + 1);
-            iter.next();
+            Ok(if next < to { ControlFlow::Continue(()) } else { ControlFlow::Break(()) })
+        })?;
+        if next < to {
+            return Err(integrity(next, "event is missing"));
         }
         Ok(out)
     }
 
+    /// The stored records at `positions`, in order.
+    fn events_at(&self, positions: &[Position]) -> Result<Vec<Option<Vec<u8>>>, LedgerError> {
+        let keys: Vec<[u8; 8]> = positions.iter().map(|p| store::event_key(*p)).collect();
+        let refs: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
+        self.inner.log.multi_get(Space::Events, &refs)
+    }
+
     /// Reads a persisted Merkle node.
     fn merkle_node(&self, level: u8, index: u64) -> Result<Hash, LedgerError> {
-        let cf = self.inner.db.cf_handle(store::CF_MERKLE).expect("merkle cf");
-        let bytes = self
-            .inner
-            .db
-            .get_pinned_cf(&cf, store::merkle_key(level, index))?
-            .ok_or_else(|| LedgerError::Integrity(format!("merkle node (level {level}, index {index}) is missing")))?;
-        <Hash>::try_from(&bytes[..]).map_err(|_| LedgerError::Corrupt("merkle node is not 32 bytes".into()))
+        self.inner
+            .log
+            .get_map(Space::Merkle, &store::merkle_key(level, index), |bytes| {
+                <Hash>::try_from(bytes).map_err(|_| LedgerError::Corrupt("merkle node is not 32 bytes".into()))
+            })?
+            .ok_or_else(|| LedgerError::Integrity(format!("merkle node (level {level}, index {index}) is missing")))
     }
 
     fn check_tree_size(&self, what: &'static str, size: u64) -> Result<(), LedgerError> {
@@ -1043,14 +1085,13 @@ impl Ledger {
         self.inner.closing.store(true, Ordering::Release);
         let _ = self.inner.tx.send(WriterMsg::Shutdown).await;
         let handle = self.inner.writer.lock().expect("writer lock").take();
-        let db = self.inner.db.clone();
+        let log = self.inner.log.clone();
         let _ = tokio::task::spawn_blocking(move || {
             if let Some(h) = handle {
                 let _ = h.join();
             }
             // An fsync: on this blocking thread, not the runtime's.
-            #[allow(clippy::disallowed_methods)]
-            let _ = db.flush_wal(true);
+            let _ = log.close();
         })
         .await;
     }
@@ -1136,27 +1177,21 @@ fn validate_append(input: &AppendInput, limits: &Limits) -> Result<(), LedgerErr
 }
 
 /// Verifies the store against its persisted tree state and returns the writer's frontier.
-fn check_store(db: &DB, tree: &TreeState, mode: StartupCheck, quick_events: u64) -> Result<(Frontier, u64), LedgerError> {
+fn check_store(log: &dyn CommitLog, tree: &TreeState, mode: StartupCheck, quick_events: u64) -> Result<(Frontier, u64), LedgerError> {
     let refuse = |what: String| LedgerError::Integrity(format!("startup check failed: {what}"));
-    let merkle_cf = db.cf_handle(store::CF_MERKLE).expect("merkle cf");
-    let events_cf = db.cf_handle(store::CF_EVENTS).expect("events cf");
+    let node = |level: u8, index: u64| -> Result<Option<Vec<u8>>, LedgerError> { log.get(Space::Merkle, &store::merkle_key(level, index)) };
     // 1. The frontier, from the persisted complete subtrees, must give the persisted root.
     let mut nodes = Vec::new();
     for (level, index) in frontier_coordinates(tree.size) {
-        let node = db
-            .get_cf(&merkle_cf, store::merkle_key(level, index))?
-            .ok_or_else(|| refuse(format!("merkle node (level {level}, index {index}) is missing")))?;
-        nodes.push(<Hash>::try_from(node.as_slice()).map_err(|_| refuse("merkle node is not 32 bytes".into()))?);
+        let bytes = node(level, index)?.ok_or_else(|| refuse(format!("merkle node (level {level}, index {index}) is missing")))?;
+        nodes.push(<Hash>::try_from(bytes.as_slice()).map_err(|_| refuse("merkle node is not 32 bytes".into()))?);
     }
     let frontier = Frontier::from_nodes(tree.size, nodes);
     if frontier.root() != tree.root {
         return Err(refuse("the persisted root does not match the merkle tree".into()));
     }
     // 2. The last event must sit at tree size - 1, and nothing beyond it.
-    let mut iter = db.raw_iterator_cf(&events_cf);
-    iter.seek_to_last();
-    let last = if iter.valid() { Some(store::be_u64(iter.key().expect("key"))?) } else { None };
-    iter.status()?;
+    let last = log.first(Space::Events, None, Dir::Reverse)?.map(|(k, _)| store::be_u64(&k)).transpose()?;
     if last != tree.size.checked_sub(1) {
         return Err(refuse(format!(
             "the log holds events up to position {} but the tree has {} events",
@@ -1171,16 +1206,13 @@ fn check_store(db: &DB, tree: &TreeState, mode: StartupCheck, quick_events: u64)
     };
     // Recomputed hashes of the re-hashed range, level by level, to check the stored interior nodes.
     let mut recomputed: Vec<Hash> = Vec::new();
-    iter.seek(store::event_key(Position(from)));
-    let mut leaves = db.raw_iterator_cf(&merkle_cf);
-    leaves.seek(store::merkle_key(0, from));
     let mut expected = from;
-    while iter.valid() {
-        let position = store::be_u64(iter.key().expect("key"))?;
+    log.scan(Space::Events, Some(&store::event_key(Position(from))), Dir::Forward, &mut |key, value| {
+        let position = store::be_u64(key)?;
         if position != expected {
             return Err(refuse(format!("position {expected} is missing")));
         }
-        let rec = RecordRef::decode(iter.value().expect("value")).map_err(|e| refuse(format!("position {position}: {e}")))?;
+        let rec = RecordRef::decode(value).map_err(|e| refuse(format!("position {position}: {e}")))?;
         let header = EventHeader::decode(rec.header).map_err(|e| refuse(format!("position {position}: {e}")))?;
         if header.position.0 != position {
             return Err(refuse(format!("position {position}: header names position {}", header.position.0)));
@@ -1189,18 +1221,25 @@ fn check_store(db: &DB, tree: &TreeState, mode: StartupCheck, quick_events: u64)
         if leaf != rec.leaf {
             return Err(refuse(format!("position {position}: leaf hash does not match header and ciphertext")));
         }
-        let stored_leaf = (leaves.valid() && leaves.key() == Some(&store::merkle_key(0, position)[..]))
-            .then(|| leaves.value().map(|v| v.to_vec()))
-            .flatten();
-        if stored_leaf.as_deref() != Some(&leaf[..]) {
-            return Err(refuse(format!("position {position}: leaf does not match the merkle tree")));
-        }
         recomputed.push(leaf);
         expected += 1;
-        iter.next();
-        leaves.next();
+        Ok(ControlFlow::Continue(()))
+    })?;
+    // Each re-hashed leaf against the stored level-0 node.
+    let mut at = from;
+    log.scan(Space::Merkle, Some(&store::merkle_key(0, from)), Dir::Forward, &mut |key, value| {
+        if at >= expected || key != store::merkle_key(0, at) {
+            return Ok(ControlFlow::Break(()));
+        }
+        if value != recomputed[(at - from) as usize] {
+            return Err(refuse(format!("position {at}: leaf does not match the merkle tree")));
+        }
+        at += 1;
+        Ok(ControlFlow::Continue(()))
+    })?;
+    if at < expected {
+        return Err(refuse(format!("position {at}: leaf does not match the merkle tree")));
     }
-    iter.status()?;
     // Every stored interior node whose leaves were all re-hashed must equal the hash rebuilt from
     // them; otherwise a record and its level-0 node could be rewritten together unnoticed.
     let mut level_start = from;
@@ -1216,9 +1255,7 @@ fn check_store(db: &DB, tree: &TreeState, mode: StartupCheck, quick_events: u64)
         let first_parent = (level_start + skip as u64) / 2;
         for (offset, hash) in parents.iter().enumerate() {
             let index = first_parent + offset as u64;
-            let stored = db
-                .get_cf(&merkle_cf, store::merkle_key(level, index))?
-                .ok_or_else(|| refuse(format!("merkle node (level {level}, index {index}) is missing")))?;
+            let stored = node(level, index)?.ok_or_else(|| refuse(format!("merkle node (level {level}, index {index}) is missing")))?;
             if stored.as_slice() != hash {
                 let first = index << level;
                 return Err(refuse(format!(

@@ -8,9 +8,9 @@ use tokio::sync::oneshot;
 
 use crate::engine::Ledger;
 use crate::error::LedgerError;
-use crate::keys::generate_dek;
+use crate::keys::generate_dek_with;
 use crate::store::{self, CustomerRecord, CustomerState};
-use crate::types::{CustomerId, EventId, Region, UnixMillis};
+use crate::types::{CustomerId, EventId, Region};
 use crate::writer::{Control, NewCustomer, WriterMsg};
 
 /// What kind of identifier a value is. The tag is part of what is blinded, so the same digits as
@@ -84,10 +84,12 @@ impl Ledger {
         self.check_served(region)?;
         let keys = self.identity_keys(region, ids)?;
         let create = if create {
-            let customer = CustomerId::new_random();
-            let dek = generate_dek();
-            let (kek_version, wrapped_dek) = self.inner.keyring.read().expect("keyring lock").wrap(region, customer, &dek)?;
-            let record = CustomerRecord { region: region.clone(), state: CustomerState::Active, key_version: 1, created_unix_ms: UnixMillis::now().0 };
+            let rng = &*self.inner.rng;
+            let customer = rng.customer_id();
+            let dek = generate_dek_with(rng);
+            let (kek_version, wrapped_dek) = self.inner.keyring.read().expect("keyring lock").wrap_with(rng, region, customer, &dek)?;
+            let record =
+                CustomerRecord { region: region.clone(), state: CustomerState::Active, key_version: 1, created_unix_ms: self.inner.clock.now().0 };
             Some((customer, NewCustomer { record, kek_version, wrapped_dek }))
         } else {
             None
@@ -125,8 +127,7 @@ impl Ledger {
 
     /// Whether an event with this id was appended.
     pub fn event_exists(&self, event_id: EventId) -> Result<bool, LedgerError> {
-        let cf = self.inner.db.cf_handle(store::CF_EVENT_IDS).expect("event ids cf");
-        Ok(self.inner.db.get_pinned_cf(&cf, event_id.as_bytes())?.is_some())
+        self.inner.log.contains(crate::storage::Space::EventIds, event_id.as_bytes())
     }
 
     /// The region of an existing customer.

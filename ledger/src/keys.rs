@@ -293,13 +293,18 @@ impl Keyring {
 
     /// Wraps `dek` for `customer` under the region's current KEK. Returns (KEK version, wrapped).
     pub fn wrap(&self, region: &Region, customer: CustomerId, dek: &[u8; 32]) -> Result<(u32, Vec<u8>), LedgerError> {
+        self.wrap_with(&crate::env::SystemRng, region, customer, dek)
+    }
+
+    /// [`Keyring::wrap`] with the nonce drawn from `rng`.
+    pub fn wrap_with(&self, rng: &dyn crate::env::Rng, region: &Region, customer: CustomerId, dek: &[u8; 32]) -> Result<(u32, Vec<u8>), LedgerError> {
         let version = self
             .current_version(region)
             .ok_or(LedgerError::Crypto("no key-encryption key for this region"))?;
         let kek = self.kek(region, version)?;
         let aad = wrap_aad(region, customer, version);
         let mut nonce = [0u8; NONCE_BYTES];
-        rand::thread_rng().fill_bytes(&mut nonce);
+        rng.fill(&mut nonce);
         let ct = kek
             .cipher
             .encrypt(Nonce::from_slice(&nonce), Payload { msg: dek, aad: &aad })
@@ -356,6 +361,13 @@ pub fn generate_dek() -> Zeroizing<[u8; 32]> {
     dek
 }
 
+/// A fresh data key drawn from `rng`.
+pub fn generate_dek_with(rng: &dyn crate::env::Rng) -> Zeroizing<[u8; 32]> {
+    let mut dek = Zeroizing::new([0u8; 32]);
+    rng.fill(&mut *dek);
+    dek
+}
+
 /// A customer's unwrapped data key, ready to use. Never printed.
 pub struct CustomerKey {
     /// The customer's region.
@@ -386,9 +398,14 @@ impl CustomerKey {
 
     /// Encrypts `payload` with a random nonce and `aad`. Returns nonce || ciphertext || tag.
     pub fn seal(&self, aad: &[u8], payload: &[u8]) -> Result<Vec<u8>, LedgerError> {
+        self.seal_with(&crate::env::SystemRng, aad, payload)
+    }
+
+    /// [`CustomerKey::seal`] with the nonce drawn from `rng`.
+    pub fn seal_with(&self, rng: &dyn crate::env::Rng, aad: &[u8], payload: &[u8]) -> Result<Vec<u8>, LedgerError> {
         let mut out = Vec::with_capacity(NONCE_BYTES + payload.len() + TAG_BYTES);
         let mut nonce = [0u8; NONCE_BYTES];
-        rand::thread_rng().fill_bytes(&mut nonce);
+        rng.fill(&mut nonce);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(payload);
         let tag = self

@@ -1,20 +1,22 @@
 //! Key lifecycle on a running ledger: erasing a customer's data key (crypto-shredding) and purging
 //! its bytes from the store's files, and rotating and destroying a region's key-encryption keys.
 //!
-//! Erasure is two steps with different clocks. `erase_key` makes the data unreadable: one synced
-//! batch through the writer deletes the wrapped DEK and marks the customer erased, then the cached
-//! key is purged; its cost does not depend on how many events the customer has. `purge_erased_keys`
-//! then removes the deleted bytes from the files: it flushes every column family (so no WAL file
-//! still holds the key's original write) and forces a bottommost compaction of `keys` (so no SST
-//! file does).
+//! Erasure is two steps with different clocks. `erase_key` makes the data unreadable: through the
+//! writer, the key store destroys the wrapped DEK (durably), then one commit marks the customer
+//! erased, then the cached key is purged; its cost does not depend on how many events the customer
+//! has. `purge_erased_keys` then removes the deleted bytes from the key store's files (locally: it
+//! flushes every column family, so no WAL file still holds the key's original write, and forces a
+//! bottommost compaction of `keys`, so no SST file does).
 
 use std::collections::BTreeMap;
 
-use rocksdb::{BottommostLevelCompaction, CompactOptions, FlushOptions, IteratorMode};
+use std::ops::ControlFlow;
+
 use tokio::sync::oneshot;
 
 use crate::engine::Ledger;
 use crate::error::LedgerError;
+use crate::storage::{Space, WrappedKey};
 use crate::store::{self, CustomerState};
 use crate::types::{CustomerId, Region};
 use crate::writer::{Control, ErasedKey, WriterMsg};
@@ -52,67 +54,38 @@ impl Ledger {
         self.control(|reply| Control::EraseKey { customer, reply }).await
     }
 
-    /// Removes deleted key bytes from the store's files: flushes every column family (the WAL
-    /// files that held the original writes become obsolete and are deleted) and forces a
-    /// bottommost compaction of `keys`. Blocking; its cost depends on the memtables' size, not
-    /// on any customer's history.
+    /// Removes destroyed keys' bytes from the key store's files. Blocking; its cost depends on
+    /// the memtables' size, not on any customer's history.
+    // Callers run it on a blocking thread (the eraser's `spawn_blocking`, `destroy_kek`'s caller).
     #[allow(clippy::disallowed_methods)]
     pub fn purge_erased_keys(&self) -> Result<(), LedgerError> {
-        let db = &self.inner.db;
-        let cfs: Vec<_> = store::ALL_CFS.iter().map(|n| db.cf_handle(n).expect("column family")).collect();
-        let mut flush = FlushOptions::default();
-        flush.set_wait(true);
-        db.flush_cfs_opt(&cfs, &flush)?;
-        let mut compact = CompactOptions::default();
-        compact.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
-        compact.set_exclusive_manual_compaction(false);
-        db.compact_range_cf_opt(db.cf_handle(store::CF_KEYS).expect("keys cf"), None::<&[u8]>, None::<&[u8]>, &compact);
-        Ok(())
+        self.inner.key_store.purge()
     }
 
-    /// Key rows after `after` (at most `limit`), as (customer, region, row bytes). Blocking.
-    fn key_rows(&self, after: Option<CustomerId>, limit: usize) -> Result<Vec<(CustomerId, Region, Vec<u8>)>, LedgerError> {
-        let db = &self.inner.db;
-        let cf = db.cf_handle(store::CF_KEYS).expect("keys cf");
-        let start = after.map(|c| c.as_bytes().to_vec());
-        let mode = match &start {
-            Some(k) => IteratorMode::From(k, rocksdb::Direction::Forward),
-            None => IteratorMode::Start,
-        };
+    /// Keys of active customers after `after` (at most `limit`), as (customer, region, key).
+    /// Blocking.
+    /// Also returns the last customer listed, to continue after.
+    #[allow(clippy::type_complexity)]
+    fn key_rows(&self, after: Option<CustomerId>, limit: usize) -> Result<(Vec<(CustomerId, Region, WrappedKey)>, Option<CustomerId>), LedgerError> {
+        let listed = self.inner.key_store.list(after, limit)?;
+        let last = listed.last().map(|(c, _)| *c);
         let mut out = Vec::new();
-        for item in db.iterator_cf(&cf, mode) {
-            let (key, value) = item?;
-            let id = CustomerId(uuid::Uuid::from_slice(&key).map_err(|_| LedgerError::Corrupt("keys row with a bad customer id".into()))?);
-            if Some(id) == after {
-                continue;
-            }
-            let rec = self.load_customer(id)?.ok_or_else(|| LedgerError::Integrity("a data key without its customer".into()))?;
-            if rec.state == CustomerState::Active {
-                out.push((id, rec.region, value.to_vec()));
-            }
-            if out.len() >= limit {
-                break;
+        for (id, key) in listed {
+            let rec = self.load_customer(id)?;
+            // A key whose customer never committed (a crash between the two) holds nothing.
+            if let Some(rec) = rec.filter(|r| r.state == CustomerState::Active) {
+                out.push((id, rec.region, key));
             }
         }
-        Ok(out)
+        Ok((out, last))
     }
 
     /// How many live data keys of `region` are wrapped under each KEK version. Blocking; reads
     /// every key row.
     pub fn deks_by_kek_version(&self, region: &Region) -> Result<BTreeMap<u32, u64>, LedgerError> {
-        let mut counts = BTreeMap::new();
-        let mut after = None;
-        loop {
-            let rows = self.key_rows(after, REWRAP_BATCH_ROWS)?;
-            let Some(last) = rows.last() else { break };
-            after = Some(last.0);
-            for (_, r, row) in &rows {
-                if r == region {
-                    *counts.entry(store::decode_key_record(row)?.0).or_default() += 1;
-                }
-            }
-        }
-        Ok(counts)
+        self.inner.key_store.count_by_kek_version(|customer| {
+            Ok(self.load_customer(customer)?.is_some_and(|rec| rec.state == CustomerState::Active && rec.region == *region))
+        })
     }
 
     /// Creates a new KEK version for `region`, makes it current, and rewraps every live data key
@@ -135,22 +108,21 @@ impl Ledger {
         let mut after = None;
         loop {
             let ledger = self.clone();
-            let rows = tokio::task::spawn_blocking(move || ledger.key_rows(after, REWRAP_BATCH_ROWS))
+            let (rows, last) = tokio::task::spawn_blocking(move || ledger.key_rows(after, REWRAP_BATCH_ROWS))
                 .await
-                .map_err(|_| LedgerError::ShuttingDown)??;
-            let Some(last) = rows.last() else { break };
-            after = Some(last.0);
+            .map_err(|_| LedgerError::ShuttingDown)??;
+            let Some(last) = last else { break };
+            after = Some(last);
             let mut changes = Vec::new();
             {
                 let keyring = self.inner.keyring.read().expect("keyring lock");
-                for (customer, r, row) in rows {
-                    let (old_version, wrapped) = store::decode_key_record(&row)?;
-                    if r != *region || old_version == version {
+                for (customer, r, old) in rows {
+                    if r != *region || old.kek_version == version {
                         continue;
                     }
-                    let dek = keyring.unwrap(&r, customer, old_version, wrapped)?;
-                    let (new_version, new_wrapped) = keyring.wrap(&r, customer, &dek)?;
-                    changes.push((customer, row.clone(), store::encode_key_record(new_version, &new_wrapped)));
+                    let dek = keyring.unwrap(&r, customer, old.kek_version, &old.wrapped)?;
+                    let (kek_version, wrapped) = keyring.wrap_with(&*self.inner.rng, &r, customer, &dek)?;
+                    changes.push((customer, old, WrappedKey { kek_version, wrapped }));
                 }
             }
             if !changes.is_empty() {
@@ -188,17 +160,15 @@ impl Ledger {
     /// Every customer of `region`, in id order. Blocking; reads every customer row.
     pub fn customers_in_region(&self, region: &Region) -> Result<Vec<CustomerId>, LedgerError> {
         self.check_served(region)?;
-        let db = &self.inner.db;
-        let cf = db.cf_handle(store::CF_CUSTOMERS).expect("customers cf");
         let mut out = Vec::new();
-        for item in db.iterator_cf(&cf, IteratorMode::Start) {
-            let (key, value) = item?;
-            let rec = store::CustomerRecord::decode(&value)?;
-            let id = CustomerId(uuid::Uuid::from_slice(&key).map_err(|_| LedgerError::Corrupt("customer row with a bad id".into()))?);
+        self.inner.log.scan(Space::Customers, None, crate::storage::Dir::Forward, &mut |key, value| {
+            let rec = store::CustomerRecord::decode(value)?;
+            let id = CustomerId(uuid::Uuid::from_slice(key).map_err(|_| LedgerError::Corrupt("customer row with a bad id".into()))?);
             if rec.region == *region && !crate::access::is_system_customer(id) {
                 out.push(id);
             }
-        }
+            Ok(ControlFlow::Continue(()))
+        })?;
         Ok(out)
     }
 

@@ -1,4 +1,4 @@
-//! RocksDB layout: column families, key encodings and options. Keys are big-endian so that
+//! The local store's layout: column families, key encodings and RocksDB options. Keys are big-endian so that
 //! RocksDB's byte order is numeric order. No key holds personal data: customers and events are
 //! UUIDs, stream names are caller-chosen opaque ids.
 
@@ -268,19 +268,15 @@ pub fn decode_event_id_record(bytes: &[u8]) -> Result<(Position, [u8; 32]), Ledg
 }
 
 /// The last version of a stream, if it has any events.
-pub fn stream_head(db: &DB, prefix: &[u8]) -> Result<Option<StreamVersion>, LedgerError> {
-    let cf = db.cf_handle(CF_STREAMS).expect("streams cf");
-    let mut iter = db.raw_iterator_cf(&cf);
-    iter.seek_for_prev(stream_key(prefix, StreamVersion(u64::MAX)));
-    if iter.valid() {
-        if let Some(key) = iter.key() {
-            if key.len() == prefix.len() + 8 && key.starts_with(prefix) {
-                return Ok(Some(StreamVersion(be_u64(&key[prefix.len()..])?)));
-            }
+pub fn stream_head(log: &dyn crate::storage::CommitLog, prefix: &[u8]) -> Result<Option<StreamVersion>, LedgerError> {
+    let mut head = None;
+    log.scan(crate::storage::Space::Streams, Some(&stream_key(prefix, StreamVersion(u64::MAX))), crate::storage::Dir::Reverse, &mut |key, _| {
+        if key.len() == prefix.len() + 8 && key.starts_with(prefix) {
+            head = Some(StreamVersion(be_u64(&key[prefix.len()..])?));
         }
-    }
-    iter.status()?;
-    Ok(None)
+        Ok(std::ops::ControlFlow::Break(()))
+    })?;
+    Ok(head)
 }
 
 #[cfg(test)]
