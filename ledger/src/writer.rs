@@ -555,10 +555,7 @@ impl Writer {
         if self.shared.poisoned.load(Ordering::Acquire) {
             return Err(LedgerError::Poisoned);
         }
-        let had_key = self.key_store.get(customer)?.is_some();
-        if record.state == CustomerState::Erased && !had_key {
-            return Ok(ErasedKey { region: record.region, fingerprint: None, already_erased: true });
-        }
+        // `destroy` reads the key and writes only if there is one to destroy.
         let destroyed = match self.key_store.destroy(customer) {
             Ok(d) => d,
             Err(e) => {
@@ -566,6 +563,9 @@ impl Writer {
                 return Err(LedgerError::Poisoned);
             }
         };
+        if record.state == CustomerState::Erased && destroyed.is_none() {
+            return Ok(ErasedKey { region: record.region, fingerprint: None, already_erased: true });
+        }
         let fingerprint = destroyed.as_ref().map(WrappedKey::fingerprint);
         record.state = CustomerState::Erased;
         let mut batch = Batch::default();
