@@ -7,7 +7,7 @@ CARGO_FLAGS ?= --release
 # tests each start a server.
 TEST_THREADS ?= 2
 
-.PHONY: setup run test lint bench
+.PHONY: setup run test lint bench bench-pg
 
 setup:
 	@bash scripts/setup.sh
@@ -20,3 +20,7 @@ test: setup
 
 bench: setup
 	$(CARGO) run $(CARGO_FLAGS) --bin ledgerd -- bench
+
+# W1 and W2 beside PostgreSQL 15 (installed by the script if missing), in one invocation.
+bench-pg: setup
+	bash scripts/bench-vs-postgres.sh

@@ -1037,13 +1037,10 @@ impl Ledger {
         self.inner.log.multi_get(Space::Events, &refs)
     }
 
-    /// Reads a persisted Merkle node.
+    /// Reads a persisted Merkle node: a leaf from its event's record, an interior node from the
+    /// Merkle space.
     fn merkle_node(&self, level: u8, index: u64) -> Result<Hash, LedgerError> {
-        self.inner
-            .log
-            .get_map(Space::Merkle, &store::merkle_key(level, index), |bytes| {
-                <Hash>::try_from(bytes).map_err(|_| LedgerError::Corrupt("merkle node is not 32 bytes".into()))
-            })?
+        stored_node(&*self.inner.log, level, index)?
             .ok_or_else(|| LedgerError::Integrity(format!("merkle node (level {level}, index {index}) is missing")))
     }
 
@@ -1176,15 +1173,25 @@ fn validate_append(input: &AppendInput, limits: &Limits) -> Result<(), LedgerErr
     Ok(())
 }
 
+/// A complete subtree's hash as stored: level 0 is the leaf kept in the event's record (stored
+/// once, not again in the Merkle space), the levels above are rows of the Merkle space.
+fn stored_node(log: &dyn CommitLog, level: u8, index: u64) -> Result<Option<Hash>, LedgerError> {
+    if level == 0 {
+        return log.get_map(Space::Events, &store::event_key(Position(index)), |bytes| Ok(RecordRef::decode(bytes)?.leaf));
+    }
+    log.get_map(Space::Merkle, &store::merkle_key(level, index), |bytes| {
+        <Hash>::try_from(bytes).map_err(|_| LedgerError::Corrupt("merkle node is not 32 bytes".into()))
+    })
+}
+
 /// Verifies the store against its persisted tree state and returns the writer's frontier.
 fn check_store(log: &dyn CommitLog, tree: &TreeState, mode: StartupCheck, quick_events: u64) -> Result<(Frontier, u64), LedgerError> {
     let refuse = |what: String| LedgerError::Integrity(format!("startup check failed: {what}"));
-    let node = |level: u8, index: u64| -> Result<Option<Vec<u8>>, LedgerError> { log.get(Space::Merkle, &store::merkle_key(level, index)) };
+    let node = |level: u8, index: u64| stored_node(log, level, index);
     // 1. The frontier, from the persisted complete subtrees, must give the persisted root.
     let mut nodes = Vec::new();
     for (level, index) in frontier_coordinates(tree.size) {
-        let bytes = node(level, index)?.ok_or_else(|| refuse(format!("merkle node (level {level}, index {index}) is missing")))?;
-        nodes.push(<Hash>::try_from(bytes.as_slice()).map_err(|_| refuse("merkle node is not 32 bytes".into()))?);
+        nodes.push(node(level, index)?.ok_or_else(|| refuse(format!("merkle node (level {level}, index {index}) is missing")))?);
     }
     let frontier = Frontier::from_nodes(tree.size, nodes);
     if frontier.root() != tree.root {
@@ -1225,21 +1232,6 @@ fn check_store(log: &dyn CommitLog, tree: &TreeState, mode: StartupCheck, quick_
         expected += 1;
         Ok(ControlFlow::Continue(()))
     })?;
-    // Each re-hashed leaf against the stored level-0 node.
-    let mut at = from;
-    log.scan(Space::Merkle, Some(&store::merkle_key(0, from)), Dir::Forward, &mut |key, value| {
-        if at >= expected || key != store::merkle_key(0, at) {
-            return Ok(ControlFlow::Break(()));
-        }
-        if value != recomputed[(at - from) as usize] {
-            return Err(refuse(format!("position {at}: leaf does not match the merkle tree")));
-        }
-        at += 1;
-        Ok(ControlFlow::Continue(()))
-    })?;
-    if at < expected {
-        return Err(refuse(format!("position {at}: leaf does not match the merkle tree")));
-    }
     // Every stored interior node whose leaves were all re-hashed must equal the hash rebuilt from
     // them; otherwise a record and its level-0 node could be rewritten together unnoticed.
     let mut level_start = from;
@@ -1256,7 +1248,7 @@ fn check_store(log: &dyn CommitLog, tree: &TreeState, mode: StartupCheck, quick_
         for (offset, hash) in parents.iter().enumerate() {
             let index = first_parent + offset as u64;
             let stored = node(level, index)?.ok_or_else(|| refuse(format!("merkle node (level {level}, index {index}) is missing")))?;
-            if stored.as_slice() != hash {
+            if &stored != hash {
                 let first = index << level;
                 return Err(refuse(format!(
                     "merkle node (level {level}, index {index}) does not match the events at positions {first}..{}",

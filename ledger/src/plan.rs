@@ -219,7 +219,12 @@ fn plan_one(
         p.batch.put(Space::Streams, &stream_key, &position.0.to_be_bytes());
         p.batch.put(Space::EventIds, ev.event_id.as_bytes(), &store::encode_event_id_record(position, &ev.content_mac));
         let batch = &mut p.batch;
-        p.frontier.push(leaf, |level, index, hash| batch.put(Space::Merkle, &store::merkle_key(level, index), hash));
+        // A leaf is stored once, in its record: the Merkle space holds the nodes above it.
+        p.frontier.push(leaf, |level, index, hash| {
+            if level > 0 {
+                batch.put(Space::Merkle, &store::merkle_key(level, index), hash);
+            }
+        });
         ids.insert(ev.event_id, (position, ev.content_mac));
         p.records.push(record);
         version += 1;

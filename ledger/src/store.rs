@@ -38,8 +38,9 @@ pub const ALL_CFS: [&str; 9] =
 pub const META_TREE: &[u8] = b"tree";
 /// Meta key of the store's format version.
 pub const META_FORMAT: &[u8] = b"format";
-/// The store format this code writes.
-pub const STORE_FORMAT: u32 = 1;
+/// The store format this code writes (2: leaves live only in the event records; the Merkle
+/// space holds the interior nodes).
+pub const STORE_FORMAT: u32 = 2;
 const BLOCK_CACHE_BYTES: usize = 256 * 1024 * 1024;
 
 /// Opens (or creates) the database with every column family.

@@ -365,14 +365,8 @@ impl CrmPush {
                 metrics::gauge!("ledger_crm_coverage_ratio").set(s.coverage);
                 metrics::gauge!("ledger_crm_pending").set(s.pending as f64);
             }
-            tokio::select! {
-                r = batches.recv() => {
-                    if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
-                        return;
-                    }
-                }
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                _ = shutdown.wait_for(|s| *s) => return,
+            if !crate::wait_for_commits(&mut batches, &mut shutdown, Duration::from_millis(250)).await {
+                return;
             }
         }
     }

@@ -368,14 +368,8 @@ impl Router {
                 Ok(Err(e)) => tracing::error!(error = %e, "router failed; retrying"),
                 Err(_) => return,
             }
-            tokio::select! {
-                r = batches.recv() => {
-                    if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
-                        return;
-                    }
-                }
-                _ = tokio::time::sleep(sweep_every.min(Duration::from_secs(1))) => {}
-                _ = shutdown.wait_for(|s| *s) => return,
+            if !crate::wait_for_commits(&mut batches, &mut shutdown, sweep_every.min(Duration::from_secs(1))).await {
+                return;
             }
         }
     }

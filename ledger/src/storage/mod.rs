@@ -31,7 +31,8 @@ use crate::types::CustomerId;
 pub enum Space {
     /// position -> stored event record.
     Events,
-    /// level, index -> hash of each complete subtree of the Merkle tree.
+    /// level, index -> hash of each complete subtree of two leaves or more (a leaf, level 0, is
+    /// stored once: in its event's record).
     Merkle,
     /// name -> ledger-wide state (tree size and root, format version).
     Meta,

@@ -26,6 +26,14 @@ impl RocksStore {
         match db.get_cf(&meta, store::META_FORMAT)? {
             None => db.put_cf(&meta, store::META_FORMAT, store::STORE_FORMAT.to_be_bytes())?,
             Some(v) if v.as_slice() == store::STORE_FORMAT.to_be_bytes() => {}
+            // Format 1 also stored each leaf as a level-0 Merkle row; this code reads leaves from
+            // the records either way, and marks the store as format 2 before writing one without
+            // those rows, so an older binary refuses it instead of missing leaves.
+            Some(v) if v.as_slice() == 1u32.to_be_bytes() => {
+                let mut opts = rocksdb::WriteOptions::default();
+                opts.set_sync(true);
+                db.put_cf_opt(&meta, store::META_FORMAT, store::STORE_FORMAT.to_be_bytes(), &opts)?;
+            }
             Some(_) => return Err(LedgerError::Corrupt("store format is not supported by this version".into())),
         }
         Ok(Arc::new(RocksStore { db, path: path.to_path_buf() }))
