@@ -14,14 +14,14 @@ use metrics_exporter_prometheus::PrometheusHandle;
 struct AppState {
     ledger: Ledger,
     prometheus: PrometheusHandle,
-    tokens: std::sync::Arc<crate::auth::TokenStore>,
+    tokens: std::sync::Arc<crate::security::TokenStore>,
 }
 
 /// The HTTP routes.
 pub fn router(
     ledger: Ledger,
     prometheus: PrometheusHandle,
-    tokens: std::sync::Arc<crate::auth::TokenStore>,
+    tokens: std::sync::Arc<crate::security::TokenStore>,
     webhooks: std::sync::Arc<connectors::http::Webhooks>,
     crm: projections::crm_push::CrmConfig,
 ) -> Router {
@@ -45,8 +45,8 @@ async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
 }
 
 async fn metrics_text(State(s): State<AppState>, headers: axum::http::HeaderMap) -> Result<String, (StatusCode, &'static str)> {
-    use crate::auth::Role;
-    match crate::auth::bearer(&headers).map(|t| s.tokens.authenticate(t)) {
+    use crate::security::Role;
+    match crate::security::bearer(&headers).map(|t| s.tokens.authenticate(t)) {
         None => return Err((StatusCode::UNAUTHORIZED, "send `authorization: Bearer <token>` of an admin or auditor\n")),
         Some(Err(_)) => return Err((StatusCode::UNAUTHORIZED, "unknown, expired or revoked token\n")),
         Some(Ok(p)) if !p.has_any(&[Role::Admin, Role::Auditor]) => return Err((StatusCode::FORBIDDEN, "metrics need the admin or auditor role\n")),
@@ -67,7 +67,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    timeouts: crate::config::Timeouts,
+    timeouts: crate::serve::config::Timeouts,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -87,7 +87,7 @@ pub async fn serve(
     });
     loop {
         let (tcp, _) = tokio::select! {
-            accepted = crate::tls::accept(&listener, "HTTP") => accepted,
+            accepted = crate::security::tls::accept(&listener, "HTTP") => accepted,
             _ = &mut stopping => break,
         };
         let _ = tcp.set_nodelay(true);

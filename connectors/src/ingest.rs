@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use ledger::identity::Identifier;
-use ledger::types::{Channel, CustomerId, Direction, EventType, ExpectedVersion, Metadata, Region, StreamName, UnixMillis};
+use ledger::types::{Channel, CustomerId, Direction, Region, UnixMillis};
 use ledger::{AppendInput, Ledger, LedgerError, NewEvent};
 use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 use serde::{Deserialize, Serialize};
@@ -61,17 +61,6 @@ fn rank(status: &str) -> u8 {
     }
 }
 
-fn channel_of(name: &str) -> Channel {
-    match name {
-        "whatsapp" => Channel::Whatsapp,
-        "slack" => Channel::Slack,
-        "sms" => Channel::Sms,
-        "email" => Channel::Email,
-        "teams" => Channel::Teams,
-        _ => Channel::Chat,
-    }
-}
-
 /// A new conversation's stream name: opaque, never derived from who the customer is.
 pub(crate) fn new_conversation(channel: &str) -> String {
     format!("conv.{channel}.{}", &uuid::Uuid::new_v4().simple().to_string()[..16])
@@ -90,23 +79,13 @@ pub(crate) struct Event<'a> {
 
 /// An append of one event with no metadata (everything about a message is in its payload).
 pub(crate) fn single_event(ledger: &Ledger, e: Event<'_>, occurred_at: Option<UnixMillis>, payload: Vec<u8>, schema_version: u32) -> Result<AppendInput, ConnectorError> {
-    let limits = &ledger.config().limits;
-    Ok(AppendInput {
-        customer: e.customer,
-        region: Some(e.region.clone()),
-        stream: StreamName::parse(e.stream, "stream", limits)?,
-        expected: ExpectedVersion::Any,
-        events: vec![NewEvent {
-            event_id: e.event_id,
-            event_type: EventType::parse(e.event_type, "event_type", limits)?,
-            channel: e.channel,
-            direction: e.direction,
-            occurred_at,
-            metadata: Metadata::new(),
-            payload,
-            schema_version,
-        }],
-    })
+    Ok(AppendInput::single(e.customer, e.region.clone(), e.stream, e.event_type, &ledger.config().limits, |t| NewEvent {
+        channel: e.channel,
+        direction: e.direction,
+        occurred_at,
+        schema_version,
+        ..NewEvent::internal(e.event_id, t, payload)
+    })?)
 }
 
 /// Appends normalized messages to the ledger.
@@ -241,7 +220,7 @@ impl Ingestor {
         let (customer, _) = self.ledger.resolve_customer(&ids, region, true).await?.expect("create is set");
         let lock = self.lock_of(customer);
         let _one_at_a_time = lock.lock().await;
-        let channel = channel_of(&m.channel);
+        let channel = Channel::from_name(&m.channel);
         let conv_key = [customer.as_bytes().as_slice(), &[channel as u8]].concat();
         let key = conv_key.clone();
         let current: Option<Conversation> = self

@@ -61,7 +61,7 @@ impl Certificate {
             self.legal_basis,
             self.requested_by,
             self.key_fingerprint,
-            crate::time::rfc3339_millis(self.erased_at_ms),
+            ledger::time::rfc3339_millis(self.erased_at_ms),
             self.tree_size,
             base64::engine::general_purpose::STANDARD.encode(self.tree_root),
         )

@@ -309,12 +309,12 @@ impl Eraser {
             .map(|d| {
                 let body = Notification {
                     r#type: "customer.erased",
-                    timestamp: crate::time::rfc3339_millis(now),
+                    timestamp: ledger::time::rfc3339_millis(now),
                     data: NotificationData {
                         customer_id: rec.customer.to_string(),
                         request_id: &rec.request_id,
                         region: rec.region.as_deref().unwrap_or_default(),
-                        erased_at: crate::time::rfc3339_millis(rec.unreadable_at_ms.unwrap_or(now)),
+                        erased_at: ledger::time::rfc3339_millis(rec.unreadable_at_ms.unwrap_or(now)),
                         key_fingerprint: rec.key_fingerprint.as_deref().unwrap_or("none"),
                         certificate,
                     },

@@ -12,11 +12,11 @@ mod config;
 mod eraser;
 mod error;
 mod store;
-mod time;
+
 pub mod webhook;
 
 pub use certificate::{Certificate, CERTIFICATE_STREAM, REQUEST_STREAM};
 pub use config::{Downstream, ErasureConfig, Secret};
 pub use eraser::{Delivery, DeliveryState, EraseRequest, ErasureStatus, Eraser};
 pub use error::ErasureError;
-pub use time::rfc3339_millis;
+pub use ledger::time::rfc3339_millis;

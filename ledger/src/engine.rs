@@ -178,6 +178,41 @@ pub struct AppendInput {
     pub events: Vec<NewEvent>,
 }
 
+impl NewEvent {
+    /// An internal event (channel and direction `internal`) with no metadata, schema version 1,
+    /// happening now; struct update syntax changes the rest.
+    pub fn internal(event_id: EventId, event_type: EventType, payload: Vec<u8>) -> NewEvent {
+        NewEvent {
+            event_id,
+            event_type,
+            channel: Channel::Internal,
+            direction: Direction::Internal,
+            occurred_at: None,
+            metadata: Metadata::new(),
+            payload,
+            schema_version: 1,
+        }
+    }
+}
+
+impl AppendInput {
+    /// One event to `stream` of `customer` in `region`, at any expected version, the stream name
+    /// and event type parsed against `limits`: what system records, the connectors, the router
+    /// and agents' decisions append. `event` builds the event from its parsed type.
+    pub fn single(
+        customer: CustomerId,
+        region: Region,
+        stream: &str,
+        event_type: &str,
+        limits: &Limits,
+        event: impl FnOnce(EventType) -> NewEvent,
+    ) -> Result<AppendInput, LedgerError> {
+        let event_type = EventType::parse(event_type, "event_type", limits)?;
+        let stream = StreamName::parse(stream, "stream", limits)?;
+        Ok(AppendInput { customer, region: Some(region), stream, expected: ExpectedVersion::Any, events: vec![event(event_type)] })
+    }
+}
+
 /// A recorded event's body as a reader gets it.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Payload {
@@ -613,22 +648,10 @@ impl Ledger {
         metadata: Metadata,
         payload: Vec<u8>,
     ) -> Result<AppendInput, LedgerError> {
-        let limits = &self.inner.config.limits;
-        Ok(AppendInput {
-            customer,
-            region: Some(region),
-            stream: StreamName::parse(stream, "stream", limits)?,
-            expected: ExpectedVersion::Any,
-            events: vec![NewEvent {
-                event_id,
-                event_type: EventType::parse(event_type, "event_type", limits)?,
-                channel: Channel::Internal,
-                direction: Direction::Internal,
-                occurred_at: None,
-                metadata,
-                payload,
-                schema_version,
-            }],
+        AppendInput::single(customer, region, stream, event_type, &self.inner.config.limits, |t| NewEvent {
+            metadata,
+            schema_version,
+            ..NewEvent::internal(event_id, t, payload)
         })
     }
 

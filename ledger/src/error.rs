@@ -85,6 +85,7 @@ pub enum LedgerError {
     #[error("ledger is shutting down")]
     ShuttingDown,
     /// RocksDB failed.
+    #[cfg(feature = "engine")]
     #[error("storage error: {0}")]
     Storage(#[from] rocksdb::Error),
     /// File I/O failed (keyring, signing key).
@@ -131,7 +132,9 @@ impl LedgerError {
             LedgerError::Integrity(_) | LedgerError::Corrupt(_) => ErrorCode::IntegrityViolation,
             LedgerError::Poisoned => ErrorCode::StorePoisoned,
             LedgerError::ShuttingDown => ErrorCode::Unavailable,
-            LedgerError::Storage(_) | LedgerError::Io { .. } | LedgerError::Crypto(_) | LedgerError::Internal(_) => ErrorCode::Internal,
+            #[cfg(feature = "engine")]
+            LedgerError::Storage(_) => ErrorCode::Internal,
+            LedgerError::Io { .. } | LedgerError::Crypto(_) | LedgerError::Internal(_) => ErrorCode::Internal,
         }
     }
 }

@@ -7,8 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,27 +36,6 @@ const KEYRING_FORMAT: u32 = 1;
 
 fn io_err(path: &Path, source: std::io::Error) -> LedgerError {
     LedgerError::Io { path: path.display().to_string(), source }
-}
-
-/// Writes `bytes` to a new file readable only by its owner, syncs it and its directory.
-/// Blocking (fsyncs): called at open and from rotation and destruction, on blocking threads.
-#[allow(clippy::disallowed_methods)]
-pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), LedgerError> {
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| io_err(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| io_err(&tmp, e))?;
-    f.sync_all().map_err(|e| io_err(&tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err(dir, e))?;
-    }
-    Ok(())
 }
 
 /// Reads a file that must be readable by its owner only; refuses one that others can read.
@@ -156,7 +134,7 @@ impl Keyring {
         }
         if changed {
             let json = Zeroizing::new(serde_json::to_vec_pretty(&file).expect("keyring serializes"));
-            write_private_file(path, &json)?;
+            crate::files::write_private(path, &json)?;
         }
         let mut loaded = HashMap::new();
         for (name, entries) in &file.regions {
@@ -198,7 +176,7 @@ impl Keyring {
 
     fn write_file(&self, file: &KeyringFile) -> Result<(), LedgerError> {
         let json = Zeroizing::new(serde_json::to_vec_pretty(file).expect("keyring serializes"));
-        write_private_file(&self.path, &json)
+        crate::files::write_private(&self.path, &json)
     }
 
     /// Adds a new KEK version for `region` (written to the file first, atomically) and makes it
@@ -576,7 +554,7 @@ impl SigningKey {
         } else {
             let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
             let seed = Zeroizing::new(key.to_bytes());
-            write_private_file(path, seed.as_slice())?;
+            crate::files::write_private(path, seed.as_slice())?;
             Ok((SigningKey(key), true))
         }
     }

@@ -188,6 +188,32 @@ pub enum Channel {
 }
 
 impl Channel {
+    /// The channel's name as the connectors, the API and proof files write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Channel::Whatsapp => "whatsapp",
+            Channel::Sms => "sms",
+            Channel::Slack => "slack",
+            Channel::Teams => "teams",
+            Channel::Email => "email",
+            Channel::Chat => "chat",
+            Channel::Internal => "internal",
+        }
+    }
+
+    /// The message channel called `name` ([`Channel::name`]'s inverse for message channels;
+    /// any other name is in-app chat).
+    pub fn from_name(name: &str) -> Channel {
+        match name {
+            "whatsapp" => Channel::Whatsapp,
+            "sms" => Channel::Sms,
+            "slack" => Channel::Slack,
+            "teams" => Channel::Teams,
+            "email" => Channel::Email,
+            _ => Channel::Chat,
+        }
+    }
+
     /// The channel stored as `byte`, if any.
     pub fn from_u8(byte: u8) -> Option<Self> {
         Some(match byte {

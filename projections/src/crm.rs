@@ -16,7 +16,7 @@ use rocksdb::{IteratorMode, DB};
 use serde::{Deserialize, Serialize};
 
 use crate::routing::erased_key;
-use crate::{channel_name, erasure_of, ProjectionError, Tx, View};
+use crate::{erasure_of, ProjectionError, Tx, View};
 
 /// The CRM view's name.
 pub const CRM_VIEW: &str = "crm";
@@ -147,7 +147,7 @@ impl View for CrmView {
                 if !crate::is_message(CRM_VIEW, payload) {
                     return Ok(());
                 }
-                tx.put_json(interaction_key(h.customer, h.occurred_at.0, position), &interaction(None, channel_name(h.channel)));
+                tx.put_json(interaction_key(h.customer, h.occurred_at.0, position), &interaction(None, h.channel.name()));
                 let key = identity_key(h.customer, h.channel);
                 if tx.get_json::<IdentityRef>(&key)?.is_none_or(|r| r.at_ms <= h.occurred_at.0) {
                     tx.put_json(key, &IdentityRef { position, at_ms: h.occurred_at.0 });
@@ -155,7 +155,7 @@ impl View for CrmView {
             }
             "MessageQueued" => {
                 let key = interaction_key(h.customer, h.occurred_at.0, position);
-                tx.put_json(key.clone(), &interaction(Some("queued"), channel_name(h.channel)));
+                tx.put_json(key.clone(), &interaction(Some("queued"), h.channel.name()));
                 tx.put(outcome_key(h.customer, &h.event_id.to_string()), key);
             }
             "MessageSent" | "MessageFailed" => {
@@ -218,7 +218,7 @@ impl CrmView {
             rows.interactions.push(serde_json::from_slice(&v).map_err(|e| tx.corrupt(&e.to_string()))?);
         }
         for key in tx.keys_with_prefix(&[b"d".as_slice(), customer.as_bytes()].concat())? {
-            let channel = Channel::from_u8(key[17]).map_or("unknown", channel_name);
+            let channel = Channel::from_u8(key[17]).map_or("unknown", Channel::name);
             rows.identities.extend(tx.get_json::<IdentityRef>(&key)?.map(|r| (channel.to_owned(), r)));
         }
         rows.attributes = tx.get_json(&attributes_key(customer))?.unwrap_or_default();

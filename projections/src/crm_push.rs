@@ -29,7 +29,7 @@ use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 
 use crate::crm::CRM_EVENT;
-use crate::{channel_name, ProjectionError, Runner, Tx, View};
+use crate::{ProjectionError, Runner, Tx, View};
 
 /// The CRM outbox's column family (and checkpoint name).
 pub const CRM_OUTBOX: &str = "crm_outbox";
@@ -253,7 +253,7 @@ impl CrmPush {
             "activity_id": h.event_id.to_string(),
             "type": if inbound { "message.inbound" } else { "message.outbound" },
             "customer_id": h.customer.to_string(),
-            "channel": channel_name(h.channel),
+            "channel": h.channel.name(),
             "conversation": h.stream,
             "occurred_at": erasure::rfc3339_millis(h.occurred_at.0),
             "ledger_position": position,

@@ -48,33 +48,6 @@ pub fn view_named(name: &str) -> Option<Arc<dyn View>> {
     }
 }
 
-/// The channel's name as the connectors and the API write it.
-pub fn channel_name(channel: ledger::types::Channel) -> &'static str {
-    use ledger::types::Channel;
-    match channel {
-        Channel::Whatsapp => "whatsapp",
-        Channel::Sms => "sms",
-        Channel::Slack => "slack",
-        Channel::Teams => "teams",
-        Channel::Email => "email",
-        Channel::Chat => "chat",
-        Channel::Internal => "internal",
-    }
-}
-
-/// The channel called `name` (`channel_name`'s inverse; unknown names are in-app chat).
-pub fn channel_from_name(name: &str) -> ledger::types::Channel {
-    use ledger::types::Channel;
-    match name {
-        "whatsapp" => Channel::Whatsapp,
-        "sms" => Channel::Sms,
-        "slack" => Channel::Slack,
-        "teams" => Channel::Teams,
-        "email" => Channel::Email,
-        _ => Channel::Chat,
-    }
-}
-
 /// One event for an existing customer's stream, in the customer's region: what the router, the
 /// CRM webhook and agents' decisions append. Duplicate-id handling is the caller's.
 #[allow(clippy::too_many_arguments)]
@@ -89,29 +62,17 @@ pub async fn append_one(
     occurred_at: Option<UnixMillis>,
     payload: Vec<u8>,
 ) -> Result<ledger::AppendOutcome, LedgerError> {
-    use ledger::types::{EventId, EventType, ExpectedVersion, Metadata, StreamName};
     let region = ledger.customer_region(customer)?;
-    let limits = &ledger.config().limits;
     let event_id = match event_id {
         EventIdFor::Keyed { space, key } => ledger.keyed_event_id(&region, space, key)?,
-        EventIdFor::Random => EventId::new_random(),
+        EventIdFor::Random => ledger::types::EventId::new_random(),
     };
-    let input = ledger::AppendInput {
-        customer,
-        region: Some(region),
-        stream: StreamName::parse(stream, "stream", limits)?,
-        expected: ExpectedVersion::Any,
-        events: vec![ledger::NewEvent {
-            event_id,
-            event_type: EventType::parse(event_type, "event_type", limits)?,
-            channel,
-            direction,
-            occurred_at,
-            metadata: Metadata::new(),
-            payload,
-            schema_version: 1,
-        }],
-    };
+    let input = ledger::AppendInput::single(customer, region, stream, event_type, &ledger.config().limits, |t| ledger::NewEvent {
+        channel,
+        direction,
+        occurred_at,
+        ..ledger::NewEvent::internal(event_id, t, payload)
+    })?;
     ledger.append(input).await
 }
 

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::crm::{crm_attributes, CRM_EVENT};
 use crate::routing::{erased_key, ConversationState, Escalated, Rerouted, StateChanged, Triaged, ESCALATED, REROUTED, STATE_CHANGED, TRIAGED};
 use crate::rules::{EscalationReason, Intent, Rules};
-use crate::{channel_name, erasure_of, ProjectionError, Runner, Tx, View};
+use crate::{erasure_of, ProjectionError, Runner, Tx, View};
 
 /// The router's state column family (and checkpoint name).
 pub const ROUTER: &str = "router";
@@ -118,7 +118,7 @@ impl Router {
     fn inbound(&self, tx: &mut Tx<'_>, event: &RecordedEvent, m: &serde_json::Value) -> Result<(), ProjectionError> {
         let h = &event.header;
         let key = conv_key(h.customer, &h.stream);
-        let mut conv: RouterConv = tx.get_json(&key)?.unwrap_or_else(|| RouterConv { channel: channel_name(h.channel).to_owned(), ..RouterConv::default() });
+        let mut conv: RouterConv = tx.get_json(&key)?.unwrap_or_else(|| RouterConv { channel: h.channel.name().to_owned(), ..RouterConv::default() });
         let text = [m["subject"].as_str().unwrap_or_default(), m["text"].as_str().unwrap_or_default()].join(" ");
         let replies_to_us = !m["reply_to"].is_null() || conv.last_outbound_ms > conv.last_inbound_ms;
         let a = self.rules.assess(&text, replies_to_us);
@@ -321,7 +321,7 @@ impl Router {
             }
             let customer = CustomerId(uuid::Uuid::from_bytes(k[1..17].try_into().expect("16-byte customer")));
             let stream = String::from_utf8_lossy(&k[17..]).into_owned();
-            let channel = crate::channel_from_name(&conv.channel);
+            let channel = ledger::types::Channel::from_name(&conv.channel);
             if now_ms - conv.last_activity_ms > abandon_ms {
                 let s = StateChanged { schema: 1, state: ConversationState::Abandoned, by: "router".into() };
                 self.push(Effect::Append {
@@ -403,7 +403,7 @@ impl View for Router {
                 }
             }
             "MessageQueued" | "MessageSent" => {
-                let mut conv: RouterConv = tx.get_json(&key)?.unwrap_or_else(|| RouterConv { channel: channel_name(h.channel).to_owned(), ..RouterConv::default() });
+                let mut conv: RouterConv = tx.get_json(&key)?.unwrap_or_else(|| RouterConv { channel: h.channel.name().to_owned(), ..RouterConv::default() });
                 let at = h.occurred_at.0;
                 let ack = h.event_type == "MessageQueued" && conv.ack_event.as_deref() == Some(h.event_id.to_string().as_str());
                 let ack_sent = h.event_type == "MessageSent" && decode().is_some_and(|v| conv.ack_event.as_deref() == v["queued_event_id"].as_str());

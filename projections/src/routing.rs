@@ -16,7 +16,7 @@ use rocksdb::DB;
 use serde::{Deserialize, Serialize};
 
 use crate::rules::{EscalationReason, Intent, ALL_INTENTS};
-use crate::{channel_name, erasure_of, ProjectionError, Tx, View};
+use crate::{erasure_of, ProjectionError, Tx, View};
 
 /// The routing view's name.
 pub const ROUTING_VIEW: &str = "routing";
@@ -304,7 +304,7 @@ impl View for RoutingView {
                     None => ConversationRow {
                         customer: h.customer,
                         stream: h.stream.clone(),
-                        channel: channel_name(h.channel).to_owned(),
+                        channel: h.channel.name().to_owned(),
                         state: ConversationState::Open,
                         intent: None,
                         queue: None,

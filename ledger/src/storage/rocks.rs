@@ -19,7 +19,9 @@ pub struct RocksStore {
 }
 
 impl RocksStore {
-    /// Opens (or creates) the database at `path` and checks its format version.
+    /// Opens (or creates) the database at `path` and checks its format version (marking a
+    /// format-1 store as format 2, synced). Blocking: the ledger is opened on a blocking thread.
+    #[allow(clippy::disallowed_methods)]
     pub fn open(path: &Path) -> Result<Arc<RocksStore>, LedgerError> {
         let db = store::open(path)?;
         let meta = db.cf_handle(store::CF_META).expect("meta cf");

@@ -21,8 +21,8 @@ use ledger::access::AccessRecord;
 use ledger::Ledger;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::auth::{Principal, Role};
-use crate::config::TlsConfig;
+use crate::security::{Principal, Role};
+use crate::serve::config::TlsConfig;
 
 /// The gRPC port's TLS acceptor: the server's identity and, if configured, the client CA (and
 /// its revocation lists) that client certificates are verified against.
@@ -90,7 +90,7 @@ pub fn incoming(
     ledger: Ledger,
 ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<tokio_rustls::server::TlsStream<TcpStream>>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let failures = Arc::new(crate::quota::Coalesce::default());
+    let failures = Arc::new(crate::security::quota::Coalesce::default());
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = tokio::select! {
@@ -111,7 +111,7 @@ pub fn incoming(
                 metrics::counter!("ledger_tls_handshake_failures_total").increment(1);
                 if let Some(count) = failures.due(&peer.ip().to_string()) {
                     let record = AccessRecord::granted("anonymous", "tls/handshake", &peer.to_string()).param("failed_handshakes", count);
-                    crate::auth::record_refusal(&ledger, record, ledger::ErrorCode::Unauthenticated, Some(why)).await;
+                    crate::security::record_refusal(&ledger, record, ledger::ErrorCode::Unauthenticated, Some(why)).await;
                 }
             });
         }

@@ -41,7 +41,7 @@ impl Bearer {
                     Some(p) => std::path::PathBuf::from(p),
                     None => {
                         let dir = std::env::var_os("LEDGER_DATA_DIR").map_or_else(|| std::path::PathBuf::from("./data"), std::path::PathBuf::from);
-                        crate::auth::admin_token_path(&dir)
+                        crate::security::admin_token_path(&dir)
                     }
                 };
                 match std::fs::read_to_string(&path) {

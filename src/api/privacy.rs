@@ -9,11 +9,8 @@ use ledger::{Ledger, LedgerError, NodeCache, Payload};
 use proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use crate::audit::{proven_to_pb, signed_head};
-use crate::grpc::{off_runtime, blocking, blocking_outcome, coded_status, millis_to_pb, record_access, refuse, status, Caller};
-
-/// Messages buffered per export stream before the server waits for the client.
-const STREAM_BUFFER_MESSAGES: usize = 4;
+use crate::api::audit::signed_head;
+use crate::api::{blocking, blocking_outcome, coded_status, millis_to_pb, off_runtime, record_access, refuse, send_proven, status, Caller, STREAM_BUFFER_MESSAGES};
 
 fn erasure_status(e: ErasureError) -> Status {
     match e {
@@ -85,29 +82,17 @@ fn stream_export(
     size: u64,
     send: &mut dyn FnMut(pb::ExportChunk) -> bool,
 ) -> Result<(), LedgerError> {
-    let chunk = ledger.config().tuning.read_chunk_events.max(1);
-    let bytes_max = ledger.config().tuning.read_chunk_bytes_max;
     let mut nodes = NodeCache::default();
     let (mut events, mut erased) = (0u64, 0u64);
-    for &customer in customers {
-        let positions = ledger.customer_positions(customer, None, Position(0), Position(size))?;
-        for group in positions.chunks(chunk) {
-            let mut message = Vec::new();
-            let mut bytes = 0;
-            for p in ledger.proven_events(group, size, &mut nodes)? {
-                events += 1;
-                erased += u64::from(p.event.payload == Payload::Erased);
-                let len = p.event.approx_bytes() + p.header.len() + 48 * (p.proof.len() + 1);
-                if !message.is_empty() && bytes + len > bytes_max {
-                    if !send(pb::ExportChunk { tree_head: None, events: std::mem::take(&mut message), summary: None }) {
-                        return Ok(());
-                    }
-                    bytes = 0;
-                }
-                bytes += len;
-                message.push(proven_to_pb(p));
-            }
-            if !message.is_empty() && !send(pb::ExportChunk { tree_head: None, events: message, summary: None }) {
+    {
+        let mut count = |p: &ledger::ProvenEvent| {
+            events += 1;
+            erased += u64::from(p.event.payload == Payload::Erased);
+        };
+        let mut send_events = |events| send(pb::ExportChunk { tree_head: None, events, summary: None });
+        for &customer in customers {
+            let positions = ledger.customer_positions(customer, None, Position(0), Position(size))?;
+            if !send_proven(ledger, &positions, size, &mut nodes, &mut count, &mut send_events)? {
                 return Ok(());
             }
         }
@@ -124,12 +109,12 @@ impl PrivacyService {
         access: ledger::access::AccessRecord,
         customers: Vec<CustomerId>,
         wrap: fn(pb::ExportChunk) -> R,
-    ) -> Result<Response<crate::streams::Responses<R>>, Status> {
+    ) -> Result<Response<crate::api::streams::Responses<R>>, Status> {
         record_access(&self.ledger, &access).await?;
         let head = signed_head(&self.ledger);
         let size = head.tree_size;
         let ledger = self.ledger.clone();
-        let (tx, rx) = crate::streams::channel(STREAM_BUFFER_MESSAGES);
+        let (tx, rx) = crate::api::streams::channel(STREAM_BUFFER_MESSAGES);
         tokio::task::spawn_blocking(move || {
             if !tx.blocking_send(Ok(wrap(pb::ExportChunk { tree_head: Some(head), events: Vec::new(), summary: None }))) {
                 return;
@@ -199,7 +184,7 @@ impl pb::privacy_server::Privacy for PrivacyService {
         Ok(Response::new(pb::RetryDeadLettersResponse { requeued }))
     }
 
-    type ExportCustomerStream = crate::streams::Responses<pb::ExportCustomerResponse>;
+    type ExportCustomerStream = crate::api::streams::Responses<pb::ExportCustomerResponse>;
 
     async fn export_customer(&self, request: Request<pb::ExportCustomerRequest>) -> Result<Response<Self::ExportCustomerStream>, Status> {
         let caller = Caller::of(&request);
@@ -217,7 +202,7 @@ impl pb::privacy_server::Privacy for PrivacyService {
         self.export(access, vec![customer], |chunk| pb::ExportCustomerResponse { chunk: Some(chunk) }).await
     }
 
-    type ExportRegionStream = crate::streams::Responses<pb::ExportRegionResponse>;
+    type ExportRegionStream = crate::api::streams::Responses<pb::ExportRegionResponse>;
 
     async fn export_region(&self, request: Request<pb::ExportRegionRequest>) -> Result<Response<Self::ExportRegionStream>, Status> {
         let caller = Caller::of(&request);
@@ -239,17 +224,17 @@ impl pb::privacy_server::Privacy for PrivacyService {
 pub struct AdminService {
     ledger: Ledger,
     views: Arc<projections::Runner>,
-    tokens: Arc<crate::auth::TokenStore>,
+    tokens: Arc<crate::security::TokenStore>,
 }
 
 impl AdminService {
     /// A service over `ledger`, its views and the token store.
-    pub fn new(ledger: Ledger, views: Arc<projections::Runner>, tokens: Arc<crate::auth::TokenStore>) -> Self {
+    pub fn new(ledger: Ledger, views: Arc<projections::Runner>, tokens: Arc<crate::security::TokenStore>) -> Self {
         AdminService { ledger, views, tokens }
     }
 }
 
-fn token_to_pb(e: crate::auth::TokenEntry) -> pb::TokenInfo {
+fn token_to_pb(e: crate::security::TokenEntry) -> pb::TokenInfo {
     pb::TokenInfo {
         id: e.id,
         principal: e.principal.name,
@@ -308,7 +293,7 @@ impl pb::admin_server::Admin for AdminService {
         let out = blocking(move || {
             let mut out = Vec::new();
             for name in projections::FOLLOWERS {
-                let err = crate::views::view_error;
+                let err = crate::api::views::view_error;
                 let lag_seconds = views.lag_seconds(name).map_err(err)?;
                 metrics::gauge!("ledger_projection_lag_seconds", "view" => name).set(lag_seconds);
                 out.push(pb::ProjectionStatus { name: name.into(), checkpoint: views.checkpoint(name).map_err(err)?, lag_positions: views.lag(name).map_err(err)?, lag_seconds });
@@ -322,7 +307,7 @@ impl pb::admin_server::Admin for AdminService {
     async fn create_token(&self, request: Request<pb::CreateTokenRequest>) -> Result<Response<pb::CreateTokenResponse>, Status> {
         let caller = Caller::of(&request);
         let req = request.into_inner();
-        let roles = req.roles.iter().map(|r| crate::auth::Role::parse(r)).collect::<Result<Vec<_>, _>>().map_err(|e| status(LedgerError::invalid("roles", &e)))?;
+        let roles = req.roles.iter().map(|r| crate::security::Role::parse(r)).collect::<Result<Vec<_>, _>>().map_err(|e| status(LedgerError::invalid("roles", &e)))?;
         let mut regions = Vec::new();
         for r in &req.regions {
             let region = Region::parse(r, "regions").map_err(status)?;
@@ -333,7 +318,7 @@ impl pb::admin_server::Admin for AdminService {
         if regions.is_empty() {
             caller.may_all_regions(&self.ledger).await?;
         }
-        let principal = crate::auth::Principal { name: req.principal, roles, regions: (!regions.is_empty()).then_some(regions) };
+        let principal = crate::security::Principal { name: req.principal, roles, regions: (!regions.is_empty()).then_some(regions) };
         let ttl_ms = (req.ttl_seconds > 0).then(|| i64::try_from(req.ttl_seconds.saturating_mul(1000)).unwrap_or(i64::MAX));
         let record = caller.access("ledger.v1.Admin/CreateToken").param("for", &principal.name).param("roles", req.roles.join(","));
         record_access(&self.ledger, &record).await?;
@@ -379,7 +364,7 @@ impl pb::admin_server::Admin for AdminService {
             return Err(status(LedgerError::invalid("name", &format!("must be one of {}", projections::VIEWS.join(", ")))));
         };
         let views = self.views.clone();
-        let applied = blocking(move || views.rebuild(&[view.as_ref()]).map_err(crate::views::view_error)).await?;
+        let applied = blocking(move || views.rebuild(&[view.as_ref()]).map_err(crate::api::views::view_error)).await?;
         Ok(Response::new(pb::RebuildProjectionResponse { events_applied: applied }))
     }
 }

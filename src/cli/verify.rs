@@ -67,7 +67,7 @@ fn read_state(args: &VerifyArgs) -> anyhow::Result<Option<Checkpoint>> {
 
 /// Whether the tree of `old` is a prefix of the tree of `new` (`old.size < new.size`), by a
 /// consistency proof from the server.
-async fn is_extension(audit: &mut pb::audit_client::AuditClient<crate::client::Conn>, old: &Checkpoint, new: &Checkpoint) -> anyhow::Result<bool> {
+async fn is_extension(audit: &mut pb::audit_client::AuditClient<crate::cli::client::Conn>, old: &Checkpoint, new: &Checkpoint) -> anyhow::Result<bool> {
     let proof = audit
         .get_consistency_proof(pb::GetConsistencyProofRequest { first_size: old.size, second_size: new.size })
         .await?
@@ -78,7 +78,7 @@ async fn is_extension(audit: &mut pb::audit_client::AuditClient<crate::client::C
 
 /// `ledgerd verify --file`: the proof file offline, then its head against the trusted one.
 async fn run_file(args: &VerifyArgs, path: &std::path::Path) -> anyhow::Result<bool> {
-    let report = crate::proof_file::verify_file(path, &args.verifier_key)?;
+    let report = proof::verify_file(path, &args.verifier_key)?;
     let mut failures = report.failures.clone();
     let rate = report.events as f64 / report.seconds.max(1e-9);
     if let Some(head) = &report.head {
@@ -92,7 +92,7 @@ async fn run_file(args: &VerifyArgs, path: &std::path::Path) -> anyhow::Result<b
                     failures.push(format!("log rewritten: the file's head and the trusted head have size {} but different roots", head.size));
                 }
             } else if let Some(target) = &args.target {
-                let mut audit = pb::audit_client::AuditClient::new(crate::client::connect(target).await?);
+                let mut audit = pb::audit_client::AuditClient::new(crate::cli::client::connect(target).await?);
                 let (old, new) = if trusted.size < head.size { (&trusted, head) } else { (head, &trusted) };
                 if is_extension(&mut audit, old, new).await? {
                     println!("ok: the file's head (size {}) and the trusted head (size {}) are consistent", head.size, trusted.size);
@@ -136,7 +136,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<bool> {
     if let Some(path) = args.file.clone() {
         return run_file(&args, &path).await;
     }
-    let channel = crate::client::connect(args.target.as_deref().unwrap_or(DEFAULT_TARGET)).await?;
+    let channel = crate::cli::client::connect(args.target.as_deref().unwrap_or(DEFAULT_TARGET)).await?;
     let mut audit = pb::audit_client::AuditClient::new(channel.clone());
     let mut failures = Vec::new();
 
@@ -216,9 +216,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<bool> {
 
     if failures.is_empty() {
         let state = State { verifier_key: args.verifier_key.clone(), checkpoint: head.checkpoint };
-        let tmp = args.state.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&state)?).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &args.state).with_context(|| format!("replacing {}", args.state.display()))?;
+        ledger::files::write_private(&args.state, &serde_json::to_vec_pretty(&state)?).with_context(|| format!("replacing {}", args.state.display()))?;
         println!("verified: trusted head is now size {} ({})", new.size, args.state.display());
         Ok(true)
     } else {

@@ -7,12 +7,10 @@ use ledger::{Ledger, NodeCache, ProvenEvent};
 use proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use crate::grpc::{blocking, blocking_outcome, millis_to_pb, record_access, recorded_to_pb, refuse, status, Caller};
+use crate::api::{blocking, blocking_outcome, millis_to_pb, record_access, recorded_to_pb, refuse, send_proven, status, Caller, STREAM_BUFFER_MESSAGES};
 
 /// Leaf hashes per ListLeafHashes message (32 bytes each).
 const LEAVES_PER_MESSAGE: usize = 4096;
-/// Messages buffered per stream before the server waits for the client.
-const STREAM_BUFFER_MESSAGES: usize = 4;
 
 /// The `ledger.v1.Audit` service.
 #[derive(Clone)]
@@ -96,7 +94,7 @@ impl pb::audit_server::Audit for AuditService {
         }))
     }
 
-    type ReplayStream = crate::streams::Responses<pb::ReplayResponse>;
+    type ReplayStream = crate::api::streams::Responses<pb::ReplayResponse>;
 
     async fn replay(&self, request: Request<pb::ReplayRequest>) -> Result<Response<Self::ReplayStream>, Status> {
         let caller = Caller::of(&request);
@@ -127,9 +125,7 @@ impl pb::audit_server::Audit for AuditService {
         let size = head.tree_size;
         let to = if req.to_position == 0 { size } else { req.to_position.min(size) };
         let ledger = self.ledger.clone();
-        let chunk = ledger.config().tuning.read_chunk_events.max(1);
-        let bytes_max = ledger.config().tuning.read_chunk_bytes_max;
-        let (tx, rx) = crate::streams::channel(STREAM_BUFFER_MESSAGES);
+        let (tx, rx) = crate::api::streams::channel(STREAM_BUFFER_MESSAGES);
         tokio::task::spawn_blocking(move || {
             if !tx.blocking_send(Ok(pb::ReplayResponse { tree_head: Some(head), events: Vec::new() })) {
                 return;
@@ -141,37 +137,15 @@ impl pb::audit_server::Audit for AuditService {
                     return;
                 }
             };
-            let mut nodes = NodeCache::default();
-            for group in positions.chunks(chunk) {
-                let events = match ledger.proven_events(group, size, &mut nodes) {
-                    Ok(events) => events,
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(status(e)));
-                        return;
-                    }
-                };
-                let mut message = Vec::new();
-                let mut bytes = 0;
-                for p in events {
-                    let size = p.event.approx_bytes() + p.header.len() + 48 * (p.proof.len() + 1);
-                    if !message.is_empty() && bytes + size > bytes_max {
-                        if !tx.blocking_send(Ok(pb::ReplayResponse { tree_head: None, events: std::mem::take(&mut message) })) {
-                            return;
-                        }
-                        bytes = 0;
-                    }
-                    bytes += size;
-                    message.push(proven_to_pb(p));
-                }
-                if !message.is_empty() && !tx.blocking_send(Ok(pb::ReplayResponse { tree_head: None, events: message })) {
-                    return;
-                }
+            let mut send = |events| tx.blocking_send(Ok(pb::ReplayResponse { tree_head: None, events }));
+            if let Err(e) = send_proven(&ledger, &positions, size, &mut NodeCache::default(), &mut |_| {}, &mut send) {
+                let _ = tx.blocking_send(Err(status(e)));
             }
         });
         Ok(Response::new(rx))
     }
 
-    type ListLeafHashesStream = crate::streams::Responses<pb::ListLeafHashesResponse>;
+    type ListLeafHashesStream = crate::api::streams::Responses<pb::ListLeafHashesResponse>;
 
     async fn list_leaf_hashes(
         &self,
@@ -187,7 +161,7 @@ impl pb::audit_server::Audit for AuditService {
             return Err(status(ledger::LedgerError::OutOfRange { what: "from_position", reason: format!("must be at most {to}") }));
         }
         let ledger = self.ledger.clone();
-        let (tx, rx) = crate::streams::channel(STREAM_BUFFER_MESSAGES);
+        let (tx, rx) = crate::api::streams::channel(STREAM_BUFFER_MESSAGES);
         tokio::task::spawn_blocking(move || {
             let mut from = req.from_position;
             while from < to {
@@ -216,8 +190,8 @@ impl pb::audit_server::Audit for AuditService {
         let views = self.views.clone();
         let entries = blocking(move || {
             // Bring the view up to date first, so the trail includes every committed record.
-            views.catch_up(&projections::AuditView).map_err(crate::views::view_error)?;
-            projections::AuditView::trail(views.db(), customer).map_err(crate::views::view_error)
+            views.catch_up(&projections::AuditView).map_err(crate::api::views::view_error)?;
+            projections::AuditView::trail(views.db(), customer).map_err(crate::api::views::view_error)
         })
         .await?;
         Ok(Response::new(pb::GetCustomerAuditTrailResponse {

@@ -14,7 +14,7 @@ use projections::{EventIdFor, ProjectionError, Runner, RoutingView};
 use proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use crate::grpc::{blocking, blocking_outcome, record_access, refuse, status, Caller};
+use crate::api::{blocking, blocking_outcome, record_access, refuse, status, Caller};
 
 /// Maps a view error to the ledger's error codes: the log's own errors keep theirs; a view's
 /// store failing is our fault (`INTERNAL`), not lost data (the log is intact and the view can be
@@ -115,7 +115,7 @@ fn context(ledger: &Ledger, views: &Runner, customer: CustomerId, max: usize) ->
 async fn append_decision(ledger: &Ledger, row: &ConversationRow, event_type: &str, request_id: &str, payload: Vec<u8>) -> Result<u64, LedgerError> {
     let key = format!("{event_type}:{request_id}");
     let id = if request_id.is_empty() { EventIdFor::Random } else { EventIdFor::Keyed { space: "agent", key: &key } };
-    let channel = projections::channel_from_name(&row.channel);
+    let channel = ledger::types::Channel::from_name(&row.channel);
     Ok(projections::append_one(ledger, row.customer, &row.stream, channel, Direction::Internal, event_type, id, None, payload).await?.first_position.0)
 }
 

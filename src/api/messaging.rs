@@ -8,7 +8,7 @@ use ledger::types::CustomerId;
 use proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use crate::grpc::{coded_status, status};
+use crate::api::{coded_status, status};
 
 /// Maps a connectors error to a gRPC status through the shared code mapping.
 pub fn connector_status(e: ConnectorError) -> Status {
@@ -35,7 +35,7 @@ impl MessagingService {
 #[tonic::async_trait]
 impl pb::messaging_server::Messaging for MessagingService {
     async fn send_message(&self, request: Request<pb::SendMessageRequest>) -> Result<Response<pb::SendMessageResponse>, Status> {
-        let caller = crate::grpc::Caller::of(&request);
+        let caller = crate::api::Caller::of(&request);
         let req = request.into_inner();
         let customer = CustomerId::parse(&req.customer_id, "customer_id").map_err(status)?;
         caller.may_customer(&self.ledger, customer).await?;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crate::config::{QuotaLimits as Limits, Quotas as Config};
+use crate::serve::config::{QuotaLimits as Limits, Quotas as Config};
 
 /// How often a principal's quota refusals are written to the access trail, at most.
 const RECORD_EVERY: Duration = Duration::from_secs(1);
@@ -198,7 +198,7 @@ mod tests {
     #[test]
     fn events_are_metered_by_count_and_a_named_principal_has_its_own_figures() {
         let mut config = Config { events_per_second: 100.0, event_burst: 300.0, ..Config::default() };
-        config.principal.push(crate::config::PrincipalQuota {
+        config.principal.push(crate::serve::config::PrincipalQuota {
             name: "import".into(),
             calls_per_second: None,
             burst: None,

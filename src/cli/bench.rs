@@ -10,7 +10,7 @@ use clap::{Args, ValueEnum};
 use proto::v1 as pb;
 use proto::v1::ledger_client::LedgerClient;
 use rand::{Rng, RngCore};
-use crate::client::Conn;
+use crate::cli::client::Conn;
 
 /// Workloads of `ledgerd bench`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -114,7 +114,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let mut channels = Vec::new();
     for _ in 0..args.connections.max(1) {
-        channels.push(crate::client::connect(&args.target).await?);
+        channels.push(crate::cli::client::connect(&args.target).await?);
     }
     let customers: Arc<Vec<String>> = Arc::new((0..args.customers.max(1)).map(|_| uuid::Uuid::new_v4().to_string()).collect());
     let w = args.workload;
@@ -152,7 +152,7 @@ async fn flood_workload(args: &BenchArgs, channels: &[Conn]) -> anyhow::Result<(
         Ok(admin.create_token(req).await.context("creating a bench token (the bench needs the admin token)")?.into_inner().token)
     };
     let (quiet_token, flood_token) = (mint("bench-quiet").await?, mint("bench-flood").await?);
-    let quiet = LedgerClient::new(crate::client::connect_as(&args.target, Some(&quiet_token)).await?);
+    let quiet = LedgerClient::new(crate::cli::client::connect_as(&args.target, Some(&quiet_token)).await?);
     let region = args.region.clone();
     let paced = async |mut client: LedgerClient<Conn>, n: usize| -> anyhow::Result<Vec<u32>> {
         let customer = uuid::Uuid::new_v4().to_string();
@@ -200,7 +200,7 @@ async fn flood_workload(args: &BenchArgs, channels: &[Conn]) -> anyhow::Result<(
     let flood_channels = {
         let mut v = Vec::new();
         for _ in 0..args.connections.max(1) {
-            v.push(crate::client::connect_as(&args.target, Some(&flood_token)).await?);
+            v.push(crate::cli::client::connect_as(&args.target, Some(&flood_token)).await?);
         }
         v
     };
@@ -328,7 +328,7 @@ async fn erasure_workload(args: &BenchArgs, channels: &[Conn]) -> anyhow::Result
     std::fs::create_dir_all(&dir)?;
     let file = dir.join("export.jsonl");
     let started = Instant::now();
-    crate::proof_file::export(crate::proof_file::ExportArgs { target: args.target.clone(), customer: Some(big.clone()), region: None, out: file.clone() })
+    crate::cli::proof_file::export(crate::cli::proof_file::ExportArgs { target: args.target.clone(), customer: Some(big.clone()), region: None, out: file.clone() })
         .await?;
     let secs = started.elapsed().as_secs_f64();
     let bytes = std::fs::metadata(&file)?.len();
@@ -384,12 +384,12 @@ async fn replay_workload(args: &BenchArgs, channels: &[Conn]) -> anyhow::Result<
     std::fs::create_dir_all(&dir)?;
     let file = dir.join("replay.jsonl");
     let started = Instant::now();
-    let replay = crate::proof_file::ReplayArgs { target: args.target.clone(), customer, stream: None, from: 0, to: 0, out: file.clone() };
-    crate::proof_file::replay(replay).await?;
+    let replay = crate::cli::proof_file::ReplayArgs { target: args.target.clone(), customer, stream: None, from: 0, to: 0, out: file.clone() };
+    crate::cli::proof_file::replay(replay).await?;
     let replay_secs = started.elapsed().as_secs_f64();
     let bytes = std::fs::metadata(&file)?.len();
     let path = file.clone();
-    let report = tokio::task::spawn_blocking(move || crate::proof_file::verify_file(&path, &vkey)).await??;
+    let report = tokio::task::spawn_blocking(move || proof::verify_file(&path, &vkey)).await??;
     let _ = std::fs::remove_dir_all(&dir);
     anyhow::ensure!(report.failures.is_empty(), "the replay did not verify: {:?}", report.failures);
     let size = report.head.as_ref().map_or(0, |h| h.size);
