@@ -20,7 +20,7 @@ cargo test --release --workspace --no-run --message-format=json >"$live" 2>/dev/
 cargo build --release --bin ledgerd --message-format=json >>"$live" 2>/dev/null || { echo "prune-target: skipped (the ledgerd build is not clean)"; exit 0; }
 # shellcheck source=scripts/clippy-args.sh
 . scripts/clippy-args.sh
-cargo clippy "${CLIPPY_ARGS[@]}" --message-format=json >>"$live" 2>/dev/null || { echo "prune-target: skipped (the clippy check is not clean)"; exit 0; }
+cargo clippy --message-format=json "${CLIPPY_ARGS[@]}" >>"$live" 2>/dev/null || { echo "prune-target: skipped (the clippy check is not clean)"; exit 0; }
 python3 - "$live" "$release" <<'PY'
 import json, os, re, shutil, sys
 live, release = sys.argv[1], sys.argv[2]
