@@ -75,6 +75,11 @@ pub async fn connect(target: &str) -> anyhow::Result<Conn> {
     connect_as(target, None).await
 }
 
+/// HTTP/2 receive window per stream.
+const STREAM_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
+/// HTTP/2 receive window per connection (shared by its streams).
+const CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
+
 /// Connects to `target` sending `token`, or (for `None`) the token from the environment.
 pub async fn connect_as(target: &str, token: Option<&str>) -> anyhow::Result<Conn> {
     let mut endpoint = Channel::from_shared(target.to_owned())?;
@@ -84,6 +89,9 @@ pub async fn connect_as(target: &str, token: Option<&str>) -> anyhow::Result<Con
         endpoint = endpoint.tls_config(tls).context("configuring TLS")?;
         client_cert = with_cert;
     }
+    // HTTP/2's default 64 KiB windows make a reader of a large stream (replay, export, ReadAll)
+    // wait for a window update every 64 KiB; these hold a few read messages in flight.
+    let endpoint = endpoint.initial_stream_window_size(Some(STREAM_WINDOW_BYTES)).initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES));
     let channel = endpoint.connect().await.with_context(|| format!("connecting to {target}"))?;
     // With a client certificate the certificate names the caller: the admin token file is not
     // picked up behind the user's back.

@@ -25,6 +25,10 @@ use config::ServeConfig;
 
 /// How long a shutdown waits for in-flight requests and open connections to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// HTTP/2 receive window per stream (what a client may send before the server reads on).
+const STREAM_WINDOW_BYTES: u32 = 2 * 1024 * 1024;
+/// HTTP/2 receive window per connection, shared by its streams.
+const CONNECTION_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 /// The largest response message the streaming services send.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -212,6 +216,10 @@ fn grpc_server(
         .http2_keepalive_interval(Some(ms(timeouts.keepalive_ms)))
         .http2_keepalive_timeout(Some(ms(timeouts.keepalive_ms)))
         .tcp_keepalive(Some(ms(timeouts.keepalive_ms)))
+        // HTTP/2's default 64 KiB connection window is shared by every stream of a connection:
+        // 16 writers sending 100-event appends over one connection would wait on window updates.
+        .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
         .layer(AuthLayer::new(tokens.clone(), ledger.clone(), config.quotas.clone()))
         .add_service(health)
         .add_service(reflection)
