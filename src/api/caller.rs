@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
-use ledger::types::CustomerId;
-use crate::security::Principal;
 use ledger::access::AccessRecord;
+use ledger::types::CustomerId;
 use ledger::{ErrorCode, EventFilter, Ledger, LedgerError};
 use tonic::{Request, Status};
 
 use super::status;
+use crate::security::Principal;
 
 /// Who is calling and from where, for access records and region scopes: the principal the
 /// authentication layer put on the request, and the peer's socket address.

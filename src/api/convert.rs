@@ -132,7 +132,6 @@ pub(crate) fn filter_from_pb(f: Option<pb::EventFilter>) -> Result<EventFilter, 
     Ok(EventFilter { customer, event_types: f.event_types, channels })
 }
 
-
 /// Normalizes an API identifier (the connectors' rules), naming the field at fault.
 pub(crate) fn identifiers_from_pb(id: Option<pb::Identifier>, default_phone_region: &str) -> Result<Vec<ledger::identity::Identifier>, Status> {
     use ledger::identity::IdentifierKind as K;

@@ -44,7 +44,6 @@ pub(crate) fn coded_status(code: ErrorCode, message: String) -> Status {
     code.status(message)
 }
 
-
 pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, LedgerError> + Send + 'static) -> Result<T, Status> {
     blocking_outcome(f).await?.map_err(status)
 }
@@ -61,7 +60,6 @@ pub(crate) async fn blocking_outcome<T: Send + 'static>(
 ) -> Result<Result<T, LedgerError>, Status> {
     tokio::task::spawn_blocking(f).await.map_err(|_| ErrorCode::Internal.status("read task failed"))
 }
-
 
 /// Cuts `items` into messages of at most `max_items` items and about `max_bytes` bytes (`size`
 /// of each; one item always fits) and hands each to `send`, in order. Returns false as soon as

@@ -10,6 +10,7 @@ use clap::{Args, ValueEnum};
 use proto::v1 as pb;
 use proto::v1::ledger_client::LedgerClient;
 use rand::{Rng, RngCore};
+
 use crate::cli::client::Conn;
 
 /// Workloads of `ledgerd bench`.

@@ -176,7 +176,6 @@ impl ProofFileWriter {
     }
 }
 
-
 /// Runs an audited Replay and writes it to a proof file. Prints progress and a summary to stderr,
 /// never a payload.
 pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {

@@ -47,7 +47,6 @@ pub struct VerifyArgs {
 
 const DEFAULT_TARGET: &str = "http://127.0.0.1:50051";
 
-
 /// Reads the trusted head from the state file, if there is one.
 fn read_state(args: &VerifyArgs) -> anyhow::Result<Option<Checkpoint>> {
     match std::fs::read(&args.state) {

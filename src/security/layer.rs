@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use ledger::access::AccessRecord;
 use ledger::{ErrorCode, Ledger};
 use tonic::Status;
+
 use super::{access_for, Access, Principal, TokenStore};
 
 /// The caller's network address, from the connection's info.

@@ -3,7 +3,6 @@
 //! The method table is closed: a method the table does not name is refused, so a new RPC is
 //! unreachable until someone decides who may call it.
 
-
 use serde::{Deserialize, Serialize};
 
 /// What a principal may do. A method needs one of its roles.

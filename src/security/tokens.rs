@@ -10,6 +10,7 @@ use ledger::types::UnixMillis;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
 use super::{Principal, Role};
 
 /// Why a token was not accepted. The caller learns only that it was not; the access trail
@@ -152,7 +153,6 @@ pub fn bootstrap(store: &TokenStore, data_dir: &Path) -> anyhow::Result<Option<P
     ledger::files::write_private(&path, format!("{}\n", token.expose()).as_bytes())?;
     Ok(Some(path))
 }
-
 
 #[cfg(test)]
 mod tests {
