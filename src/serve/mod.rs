@@ -26,9 +26,11 @@ use config::ServeConfig;
 /// How long a shutdown waits for in-flight requests and open connections to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// HTTP/2 receive window per stream (what a client may send before the server reads on).
-const STREAM_WINDOW_BYTES: u32 = 2 * 1024 * 1024;
-/// HTTP/2 receive window per connection, shared by its streams.
-const CONNECTION_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
+const STREAM_WINDOW_BYTES: u32 = 1024 * 1024;
+/// HTTP/2 receive window per connection, shared by its streams. It bounds what one connection
+/// can make the server buffer unread, so it stays at a few appends' worth: 16 writers' 51 kB
+/// appends fit.
+const CONNECTION_WINDOW_BYTES: u32 = 2 * 1024 * 1024;
 /// The largest response message the streaming services send.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
